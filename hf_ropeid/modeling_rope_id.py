@@ -1,0 +1,221 @@
+"""Llama with RoPE-ID positions: LlamaRopeIDModel and LlamaRopeIDForCausalLM.
+
+Only what differs from Llama is written here:
+- the rotary module computes angles in float64, reduced modulo 2*pi, from the RoPE-ID spectrum,
+  and also returns the per-query temperature;
+- the attention multiplies queries (never keys, so a KV cache stays valid) by that temperature.
+Everything else (MLP, norms, masks, caches, generation, attention kernels) is Llama's own.
+
+This file travels with saved checkpoints as remote code: it imports only torch, transformers, the
+standard library and its siblings (relatively), never ``hf_ropeid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import transformers
+from packaging import version
+from torch import nn
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaForCausalLM,
+    LlamaMLP,
+    LlamaModel,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    eager_attention_forward,
+    rotate_half,
+)
+
+from .configuration_rope_id import RopeIDConfig
+from .rope_id import ROPE_TYPE, RopeIDParameters, inv_freq, query_temperature, rotation_angles
+
+MIN_TRANSFORMERS = "5.0.0"
+if version.parse(transformers.__version__) < version.parse(MIN_TRANSFORMERS):
+    raise ImportError(
+        f"RoPE-ID models need transformers>={MIN_TRANSFORMERS} (rope_parameters API); found "
+        f"{transformers.__version__}. Upgrade with: pip install -U 'transformers>={MIN_TRANSFORMERS}'"
+    )
+
+
+def compute_rope_id_parameters(config, device=None, seq_len=None, layer_type=None) -> tuple[torch.Tensor, float]:
+    """``ROPE_INIT_FUNCTIONS["rope_id"]``: the spectrum for stock rotary modules (float32 inv_freq).
+
+    Stock Llama/Mistral/Qwen2 get the RoPE-ID spectrum this way; the temperature and the exact
+    float64 phases need LlamaRopeIDForCausalLM.
+    """
+    frequencies = inv_freq(RopeIDParameters.from_config(config))
+    return frequencies.to(device=device, dtype=torch.float32), 1.0
+
+
+compute_rope_id_parameters.rope_id_implementation = 1  # marks our function (any copy of this file)
+
+
+def register_rope_type() -> None:
+    """Adds "rope_id" to transformers' ROPE_INIT_FUNCTIONS; refuses to replace somebody else's."""
+    existing = ROPE_INIT_FUNCTIONS.get(ROPE_TYPE)
+    if existing is None or getattr(existing, "rope_id_implementation", None) is not None:
+        # Another copy of this file (the package and a checkpoint's remote code) computes the same spectrum.
+        ROPE_INIT_FUNCTIONS[ROPE_TYPE] = compute_rope_id_parameters
+        return
+    raise RuntimeError(
+        f"transformers' ROPE_INIT_FUNCTIONS already maps {ROPE_TYPE!r} to {existing.__module__}.{existing.__qualname__}, "
+        "which is not RoPE-ID's. Two plugins claim the same rope type; import only one of them."
+    )
+
+
+register_rope_type()
+
+
+class LlamaRopeIDRotaryEmbedding(nn.Module):
+    """Returns ``(cos, sin, query_scale)`` per position; ``query_scale`` is None without temperature."""
+
+    def __init__(self, config: RopeIDConfig, device=None):
+        super().__init__()
+        self.config = config
+        self.rope_type = ROPE_TYPE
+        self.parameters_ = RopeIDParameters.from_config(config)
+        # float64 frequencies are a plain attribute, not a buffer: model.to(bfloat16) must not round
+        # them, and from_pretrained's meta-device init must not leave them empty.
+        self.frequencies = inv_freq(self.parameters_)
+        self.inv_freq = nn.Buffer(self.frequencies.to(torch.float32), persistent=False)  # for tools that read it
+        self.attention_scaling = 1.0
+        self._frequencies_on_device = self.frequencies
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        if self._frequencies_on_device.device != x.device:
+            self._frequencies_on_device = self.frequencies.to(x.device)
+        angles = rotation_angles(position_ids, self._frequencies_on_device)
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        p = self.parameters_
+        query_scale = None
+        if p.temperature != "none":
+            query_scale = query_temperature(
+                position_ids, p.training_length, p.temperature, p.temperature_coefficient
+            ).to(x.dtype)
+        return cos, sin, query_scale
+
+
+def apply_rope_id(q, k, cos, sin, query_scale=None):
+    """RoPE on q and k (shape [batch, heads, seq, head_dim]); the temperature multiplies q only."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    if query_scale is not None:
+        q_embed = q_embed * query_scale[:, None, :, None]
+    return q_embed, k_embed
+
+
+class LlamaRopeIDAttention(LlamaAttention):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin, query_scale = position_embeddings
+        query_states, key_states = apply_rope_id(query_states, key_states, cos, sin, query_scale)
+
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+
+class LlamaRopeIDDecoderLayer(LlamaDecoderLayer):
+    def __init__(self, config: RopeIDConfig, layer_idx: int):
+        nn.Module.__init__(self)
+        self.hidden_size = config.hidden_size
+        self.self_attn = LlamaRopeIDAttention(config=config, layer_idx=layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class LlamaRopeIDPreTrainedModel(LlamaPreTrainedModel):
+    config_class = RopeIDConfig
+    config: RopeIDConfig
+    _no_split_modules = ["LlamaRopeIDDecoderLayer"]
+    _can_record_outputs = {
+        "hidden_states": LlamaRopeIDDecoderLayer,
+        "attentions": LlamaRopeIDAttention,
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes only the saved class's own auto_map key; write all three so that
+        # AutoConfig, AutoModel and AutoModelForCausalLM all load the checkpoint as remote code.
+        self.config.auto_map = dict(AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class LlamaRopeIDModel(LlamaRopeIDPreTrainedModel, LlamaModel):
+    def __init__(self, config: RopeIDConfig):
+        LlamaRopeIDPreTrainedModel.__init__(self, config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [LlamaRopeIDDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRopeIDRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+
+class LlamaRopeIDForCausalLM(LlamaRopeIDPreTrainedModel, LlamaForCausalLM):
+    def __init__(self, config: RopeIDConfig):
+        LlamaRopeIDPreTrainedModel.__init__(self, config)
+        self.model = LlamaRopeIDModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+
+AUTO_MAP = {
+    "AutoConfig": f"{RopeIDConfig.__module__.split('.')[-1]}.RopeIDConfig",
+    "AutoModel": f"{__name__.split('.')[-1]}.LlamaRopeIDModel",
+    "AutoModelForCausalLM": f"{__name__.split('.')[-1]}.LlamaRopeIDForCausalLM",
+}
+
+RopeIDConfig.register_for_auto_class("AutoConfig")
+LlamaRopeIDModel.register_for_auto_class("AutoModel")
+LlamaRopeIDForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "LlamaRopeIDForCausalLM",
+    "LlamaRopeIDModel",
+    "LlamaRopeIDPreTrainedModel",
+    "compute_rope_id_parameters",
+]

@@ -1,0 +1,257 @@
+"""The mathematics of RoPE-ID, in plain PyTorch.
+
+RoPE-ID (Wertheimer et al., ICLR 2026, "Frayed RoPE and Long Inputs") rotates a fraction of each
+head's channel pairs with a spectrum whose every frequency completes whole turns inside the
+training length ``L``, leaves the other pairs unrotated (NoPE), and multiplies the queries of
+positions beyond ``L`` by a length-dependent temperature.
+
+This module knows nothing of transformers: it turns numbers into frequencies and scales. It is
+copied next to the modeling code when a model is saved, so it must stay self-contained (torch and
+the standard library only). Everything is computed in float64: at positions past a million a
+float32 angle is off by whole radians.
+
+Channel layout follows the Hugging Face "half split" convention: channel ``i`` pairs with
+``i + head_dim/2`` and both use ``inv_freq[i]``; index 0 is the fastest pair. Rotated pairs are
+indices ``0..n-1`` (the first and third quarters of the head for a rotated fraction of 1/2);
+``inv_freq[i] == 0`` means "not rotated".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+ROPE_TYPE = "rope_id"
+SPECTRA = ("rope_id", "original", "minimal")
+TEMPERATURES = ("query_log", "length_log", "none")
+
+# Keys of ``rope_parameters`` for ``rope_type == "rope_id"``. These names are a public format:
+# once released they never change (add aliases instead of renaming).
+PARAMETER_KEYS = (
+    "training_length",
+    "rotary_fraction",
+    "shortest_period",
+    "turns_per_training_length",
+    "spectrum",
+    "temperature",
+    "temperature_coefficient",
+)
+
+
+class RopeIDParameterError(ValueError):
+    """A ``rope_id`` parameter is out of range; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class RopeIDParameters:
+    """The settings of one RoPE-ID positional encoding.
+
+    Attributes:
+        head_dim: channels per attention head (even).
+        rope_theta: base of the original RoPE spectrum (used by the "original" and "minimal"
+            spectra, and kept so a converted checkpoint remembers where it came from).
+        training_length: ``L``, the context length the spectrum must complete turns in.
+        rotary_fraction: fraction of ``head_dim`` that rotates (0.5 in the paper). The number of
+            rotated pairs is ``rotary_fraction * head_dim / 2`` and must be a whole number.
+        shortest_period: period in tokens of the fastest rotated pair (32 in the paper).
+        turns_per_training_length: turns the slowest rotated pair completes inside ``L`` (2).
+        spectrum: "rope_id" (geometric between the two, the paper), "original" (the fastest
+            original RoPE frequencies, i.e. p-RoPE), or "minimal" (original frequencies that
+            already complete the required turns inside ``L`` are kept, only slower ones are
+            re-spaced geometrically down to the slowest allowed frequency).
+        temperature: "query_log" (queries at 1-based position ``p`` are multiplied by
+            ``(1 + c * ln(max(p, L) / L))**2``, YaRN's factor with ``s = p / L``), "length_log"
+            (``ln(max(p, L)) / ln(L)``), or "none". Both are exactly 1 inside ``L``.
+        temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN).
+    """
+
+    head_dim: int
+    rope_theta: float = 10_000.0
+    training_length: int = 4096
+    rotary_fraction: float = 0.5
+    shortest_period: float = 32.0
+    turns_per_training_length: float = 2.0
+    spectrum: str = "rope_id"
+    temperature: str = "query_log"
+    temperature_coefficient: float = 0.1
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.head_dim // 2
+
+    @property
+    def num_rotated_pairs(self) -> int:
+        return int(round(self.rotary_fraction * self.num_pairs))
+
+    @property
+    def longest_period(self) -> float:
+        return self.training_length / self.turns_per_training_length
+
+    @classmethod
+    def from_config(cls, config: Any) -> "RopeIDParameters":
+        """Reads any transformers config whose ``rope_parameters`` has ``rope_type == "rope_id"``.
+
+        Duck-typed on purpose (no transformers import): works for Llama, Mistral, Qwen2 and
+        RopeIDConfig alike. The training length defaults to ``max_position_embeddings``.
+        """
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls.from_rope_parameters(
+            dict(config.rope_parameters), head_dim=head_dim, default_training_length=config.max_position_embeddings
+        )
+
+    @classmethod
+    def from_rope_parameters(
+        cls, rope_parameters: dict[str, Any], head_dim: int, default_training_length: int
+    ) -> "RopeIDParameters":
+        """Reads a transformers ``rope_parameters`` dict (unknown keys are an error)."""
+        known = set(PARAMETER_KEYS) | {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
+        unknown = sorted(set(rope_parameters) - known)
+        if unknown:
+            raise RopeIDParameterError(
+                f"Unknown rope_parameters key(s) for rope_type 'rope_id': {unknown}. "
+                f"Accepted keys: {sorted(PARAMETER_KEYS) + ['rope_theta', 'rope_type']}."
+            )
+        if rope_parameters.get("partial_rotary_factor", 1.0) not in (1.0, None):
+            raise RopeIDParameterError(
+                "rope_type 'rope_id' does not use 'partial_rotary_factor' (it crashes Llama's "
+                "rotary code); set 'rotary_fraction' instead."
+            )
+        values = {k: rope_parameters[k] for k in PARAMETER_KEYS if rope_parameters.get(k) is not None}
+        values.setdefault("training_length", default_training_length)
+        return cls(head_dim=head_dim, rope_theta=rope_parameters.get("rope_theta", 10_000.0), **values)
+
+    def to_rope_parameters(self) -> dict[str, Any]:
+        """The ``rope_parameters`` dict that reproduces these settings (every key explicit)."""
+        out = {"rope_type": ROPE_TYPE, **asdict(self)}
+        out.pop("head_dim")
+        return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate(p: RopeIDParameters) -> None:
+    """Raises RopeIDParameterError with an actionable message for any out-of-range setting."""
+    for f in fields(p):
+        value = getattr(p, f.name)
+        if f.name in ("spectrum", "temperature"):
+            continue
+        if not _is_number(value) or value <= 0:
+            raise RopeIDParameterError(f"rope_id parameter '{f.name}' must be a positive number, got {value!r}.")
+    if int(p.head_dim) != p.head_dim or p.head_dim % 2:
+        raise RopeIDParameterError(
+            f"head_dim must be even (channel i pairs with i + head_dim/2), got {p.head_dim}."
+        )
+    if int(p.training_length) != p.training_length or p.training_length < 2:
+        raise RopeIDParameterError(
+            f"training_length must be a whole number of tokens, at least 2, got {p.training_length}."
+        )
+    if not 0 < p.rotary_fraction <= 1:
+        raise RopeIDParameterError(
+            f"rotary_fraction must be in (0, 1], got {p.rotary_fraction} (0.5 rotates half of each head, as in the paper)."
+        )
+    exact = p.rotary_fraction * p.num_pairs
+    if abs(exact - round(exact)) > 1e-6:
+        step = 1 / p.num_pairs
+        raise RopeIDParameterError(
+            f"rotary_fraction {p.rotary_fraction} gives {exact:g} rotated pairs for head_dim {p.head_dim}; "
+            f"it must be a multiple of 1/{p.num_pairs} (e.g. {math.floor(exact) * step:g} or {math.ceil(exact) * step:g})."
+        )
+    if p.spectrum not in SPECTRA:
+        raise RopeIDParameterError(f"Unknown spectrum {p.spectrum!r}; accepted: {', '.join(SPECTRA)}.")
+    if p.temperature not in TEMPERATURES:
+        raise RopeIDParameterError(f"Unknown temperature {p.temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
+    if p.spectrum != "original":
+        if p.num_rotated_pairs < 2:
+            raise RopeIDParameterError(
+                f"The '{p.spectrum}' spectrum spaces frequencies between two ends and needs at least 2 rotated "
+                f"pairs; rotary_fraction {p.rotary_fraction} with head_dim {p.head_dim} gives {p.num_rotated_pairs}."
+            )
+        if p.shortest_period < 2:
+            raise RopeIDParameterError(
+                f"shortest_period must be at least 2 tokens (a faster rotation aliases), got {p.shortest_period}."
+            )
+        if p.shortest_period >= p.longest_period:
+            raise RopeIDParameterError(
+                f"shortest_period ({p.shortest_period}) must be shorter than training_length / "
+                f"turns_per_training_length = {p.training_length} / {p.turns_per_training_length} = "
+                f"{p.longest_period:g} tokens, the period of the slowest rotated pair."
+            )
+
+
+def original_inv_freq(head_dim: int, rope_theta: float) -> torch.Tensor:
+    """Standard RoPE: pair j rotates by ``rope_theta ** (-2j / head_dim)`` radians per token."""
+    j = torch.arange(head_dim // 2, dtype=torch.float64, device="cpu")
+    return rope_theta ** (-2.0 * j / head_dim)
+
+
+def geometric_inv_freq(highest: float, lowest: float, count: int) -> torch.Tensor:
+    """``count`` angular frequencies from ``highest`` down to ``lowest``, equal ratios between neighbours."""
+    if count == 1:
+        return torch.tensor([highest], dtype=torch.float64, device="cpu")
+    j = torch.arange(count, dtype=torch.float64, device="cpu")
+    return highest * (lowest / highest) ** (j / (count - 1))
+
+
+def inv_freq(p: RopeIDParameters) -> torch.Tensor:
+    """Angular frequency (radians per token) of every channel pair, float64, length head_dim/2.
+
+    Indices ``0..n-1`` rotate (fastest first); the rest are 0 (not rotated).
+    """
+    n = p.num_rotated_pairs
+    w_max = 2 * math.pi / p.shortest_period
+    w_min = 2 * math.pi / p.longest_period
+    if p.spectrum == "rope_id":
+        rotated = geometric_inv_freq(w_max, w_min, n)
+    else:
+        rotated = original_inv_freq(p.head_dim, p.rope_theta)[:n].clone()
+        if p.spectrum == "minimal":
+            # Keep what already completes the required turns; re-space only the slower tail,
+            # continuing geometrically from the last kept frequency down to w_min.
+            slow = rotated < w_min * (1 - 1e-12)
+            kept = int((~slow).sum())
+            if kept < n:
+                start = rotated[kept - 1].item() if kept > 0 else w_max
+                tail = geometric_inv_freq(start, w_min, n - kept + 1)[1:]
+                rotated[kept:] = tail
+    out = torch.zeros(p.num_pairs, dtype=torch.float64, device="cpu")
+    out[:n] = rotated
+    return out
+
+
+def rotation_angles(positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """``positions[..., None] * frequencies`` reduced modulo 2*pi, in float64.
+
+    The reduction keeps cos/sin exact at any position a float64 integer can hold (2**53); the
+    float32 product transformers uses loses about 0.1 rad by position 10**6.
+    """
+    angles = positions.to(torch.float64)[..., None] * frequencies.to(device=positions.device, dtype=torch.float64)
+    return torch.remainder(angles, 2 * math.pi)
+
+
+def query_temperature(
+    positions: torch.Tensor, training_length: int, temperature: str, coefficient: float = 0.1
+) -> torch.Tensor:
+    """Multiplier for the query at each 0-based position (float32, same shape as ``positions``).
+
+    Exactly 1 for positions inside the training length, so keys (and a KV cache) never change:
+    the temperature depends on the query's own 1-based position ``p = position + 1`` only.
+    """
+    p = positions.to(torch.float64) + 1
+    length = float(training_length)
+    if temperature == "none":
+        scale = torch.ones_like(p)
+    elif temperature == "query_log":
+        scale = (1 + coefficient * torch.log(torch.clamp(p, min=length) / length)) ** 2
+    elif temperature == "length_log":
+        scale = torch.log(torch.clamp(p, min=length)) / math.log(length)
+    else:
+        raise RopeIDParameterError(f"Unknown temperature {temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
+    return scale.to(torch.float32)
