@@ -99,6 +99,7 @@ def smollm2_checkpoint(dtype: str = "float32") -> Path:
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        partial.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.rename(target)
     finally:
