@@ -35,7 +35,7 @@ from transformers.models.llama.modeling_llama import (
 from .configuration_rope_id import RopeIDConfig
 from .rope_id import ROPE_TYPE, RopeIDParameters, inv_freq, query_temperature, rotation_angles
 
-MIN_TRANSFORMERS = "5.0.0"
+MIN_TRANSFORMERS = "5.24.0"  # the oldest release this file was tested with
 if version.parse(transformers.__version__) < version.parse(MIN_TRANSFORMERS):
     raise ImportError(
         f"RoPE-ID models need transformers>={MIN_TRANSFORMERS} (rope_parameters API); found "

