@@ -253,6 +253,17 @@ def rope_id_evals(**rope) -> dict[str, EvalFn]:
     }
 
 
+def window_evals(window: int, **rope) -> dict[str, EvalFn]:
+    """A rotary-window model without and with temperature and far-field normalisation."""
+    temp = {"temperature": "query_log", "temperature_coefficient": 0.1}
+    return {
+        suffix: same(ModelSpec("rope_id", {"temperature": "none", **rope, **(temp if t else {})}, window=window,
+                               far_norm=f))
+        for suffix, t, f in [("", False, False), ("+temp", True, False), ("+farnorm", False, True),
+                             ("+farnorm+temp", True, True)]
+    }
+
+
 def rope_evals() -> dict[str, EvalFn]:
     """Plain RoPE and the training-free rescalings; linear, NTK-aware and YaRN get the oracle factor n/L."""
     def factor(setup, n):
@@ -289,6 +300,8 @@ VARIANTS = {
                 ModelSpec("llama", inv_freq="neox_half"), {"": same(ModelSpec("llama", inv_freq="neox_half"))}),
         Variant("rope_id_all", "RoPE-ID spectrum (8..64) on all pairs", rope_id(rotary_fraction=1.0),
                 rope_id_evals(rotary_fraction=1.0)),
+        Variant("rope_id_window64", "RoPE-ID; keys 64+ tokens away scored by the unrotated pairs only",
+                ModelSpec("rope_id", {"temperature": "none"}, window=64), window_evals(64)),
     ]
 }
 

@@ -42,9 +42,11 @@ def test_stock_models_build_save_load_and_generate_with_rope_id(kind, tmp_path):
 
 
 def test_stock_config_validation_reports_bad_rope_id_parameters():
-    # transformers wraps validator errors in its own ValueError; our message must survive.
-    with pytest.raises(ValueError, match="shortest_period must be at least 2 tokens"):
+    # transformers wraps validator errors in huggingface_hub's StrictDataclassClassValidationError;
+    # our message must survive the wrapping.
+    with pytest.raises(Exception, match="shortest_period must be at least 2 tokens") as info:
         tiny_llama_config(rope_parameters={**ROPE_ID, "shortest_period": 1.0})
+    assert isinstance(info.value.__cause__, ValueError)
 
 
 def test_registering_refuses_to_replace_a_foreign_rope_id_function():
