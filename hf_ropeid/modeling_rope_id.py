@@ -73,16 +73,20 @@ register_rope_type()
 
 
 class LlamaRopeIDRotaryEmbedding(nn.Module):
-    """Returns ``(cos, sin, query_scale)`` per position; ``query_scale`` is None without temperature."""
+    """Returns ``(cos, sin, query_cos, query_sin)`` per position.
+
+    The query's pair is the key's multiplied by the temperature: folding the temperature in here,
+    once per forward pass, leaves each attention layer with exactly stock Llama's arithmetic.
+    """
 
     def __init__(self, config: RopeIDConfig, device=None):
         super().__init__()
         self.config = config
         self.rope_type = ROPE_TYPE
-        self.parameters_ = RopeIDParameters.from_config(config)
+        self.rope_id = RopeIDParameters.from_config(config)
         # float64 frequencies are a plain attribute, not a buffer: model.to(bfloat16) must not round
         # them, and from_pretrained's meta-device init must not leave them empty.
-        self.frequencies = inv_freq(self.parameters_)
+        self.frequencies = inv_freq(self.rope_id)
         self.inv_freq = nn.Buffer(self.frequencies.to(torch.float32), persistent=False)  # for tools that read it
         self.attention_scaling = 1.0
         self._frequencies_on_device = self.frequencies
@@ -93,23 +97,22 @@ class LlamaRopeIDRotaryEmbedding(nn.Module):
             self._frequencies_on_device = self.frequencies.to(x.device)
         angles = rotation_angles(position_ids, self._frequencies_on_device)
         angles = torch.cat((angles, angles), dim=-1)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        p = self.parameters_
-        query_scale = None
-        if p.temperature != "none":
-            query_scale = query_temperature(
-                position_ids, p.training_length, p.temperature, p.temperature_coefficient
-            ).to(x.dtype)
-        return cos, sin, query_scale
+        cos, sin = angles.cos(), angles.sin()
+        p = self.rope_id
+        if p.temperature == "none":
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+            return cos, sin, cos, sin
+        scale = query_temperature(position_ids, p.training_length, p.temperature, p.temperature_coefficient)
+        scale = scale.to(torch.float64)[..., None]
+        return cos.to(x.dtype), sin.to(x.dtype), (cos * scale).to(x.dtype), (sin * scale).to(x.dtype)
 
 
-def apply_rope_id(q, k, cos, sin, query_scale=None):
-    """RoPE on q and k (shape [batch, heads, seq, head_dim]); the temperature multiplies q only."""
+def apply_rope_id(q, k, cos, sin, query_cos, query_sin):
+    """RoPE on q and k ([batch, heads, seq, head_dim]); the query's cos/sin carry the temperature."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    q_embed = (q * cos) + (rotate_half(q) * sin)
+    query_cos, query_sin = query_cos.unsqueeze(1), query_sin.unsqueeze(1)
+    q_embed = (q * query_cos) + (rotate_half(q) * query_sin)
     k_embed = (k * cos) + (rotate_half(k) * sin)
-    if query_scale is not None:
-        q_embed = q_embed * query_scale[:, None, :, None]
     return q_embed, k_embed
 
 
@@ -117,11 +120,13 @@ class LlamaRopeIDAttention(LlamaAttention):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         cache=None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if cache is None:  # the name transformers used before 5.24 (still passed by some callers)
+            cache = kwargs.pop("past_key_values", None)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
 
@@ -129,8 +134,7 @@ class LlamaRopeIDAttention(LlamaAttention):
         key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        cos, sin, query_scale = position_embeddings
-        query_states, key_states = apply_rope_id(query_states, key_states, cos, sin, query_scale)
+        query_states, key_states = apply_rope_id(query_states, key_states, *position_embeddings)
 
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)

@@ -102,8 +102,11 @@ def test_rotary_module_reports_the_query_temperature():
     captured = {}
 
     def hook(module, args, kwargs, output):
-        cos, sin, scale = output
-        captured["scale"] = scale
+        cos, sin, query_cos, query_sin = output
+        # The last channel of the first half is unrotated (cos = 1): its query_cos is the temperature.
+        assert torch.all(cos[..., 7] == 1)
+        captured["scale"] = query_cos[..., 7]
+        torch.testing.assert_close(query_sin, sin * query_cos[..., 7:8])
 
     hot.model.rotary_emb.register_forward_hook(hook, with_kwargs=True)
     with torch.no_grad():
@@ -183,7 +186,7 @@ def test_phases_at_a_million_are_as_precise_as_at_a_thousand():
 
     def logit(pq, pk):
         pos = torch.tensor([[pq, pk]])
-        cos, sin, _ = rotary(q, pos)
+        cos, sin, _, _ = rotary(q, pos)
         rq, _ = apply_rotary_pos_emb(q, q, cos[:, :1], sin[:, :1])
         rk, _ = apply_rotary_pos_emb(k, k, cos[:, 1:], sin[:, 1:])
         return (rq * rk).sum().item()
@@ -197,7 +200,7 @@ def test_phases_at_a_million_are_as_precise_as_at_a_thousand():
     # Stock float32 angles drift visibly at the same positions: the check above has teeth.
     llama_rotary = LlamaForCausalLM(tiny_llama_config(rope_parameters={"rope_type": "rope_id", "training_length": 4096, "rope_theta": 1e4})).model.rotary_emb
     cos32, sin32 = llama_rotary(q, torch.tensor([[123_456_789 + 33]]))
-    cos64, sin64, _ = rotary(q, torch.tensor([[123_456_789 + 33]]))
+    cos64, sin64, _, _ = rotary(q, torch.tensor([[123_456_789 + 33]]))
     assert (cos32 - cos64).abs().max() > 1e-3
 
 
