@@ -20,6 +20,7 @@ import shutil
 import sysconfig
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +28,14 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from .baselines import VARIANTS, available_variants, build_variant, training_length, variant_rope_parameters
+from .baselines import (
+    VARIANTS,
+    BaselineError,
+    available_variants,
+    build_variant,
+    training_length,
+    variant_rope_parameters,
+)
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".jsonl")
 SKIPPED_DIRECTORIES = {"site-packages", "dist-packages", "test", "tests", "__pycache__", "idlelib", "turtledemo"}
@@ -176,16 +184,26 @@ def token_losses(model, input_ids: torch.Tensor, logits_chunk: int = 2048) -> to
 
 
 def bucket_means(values: torch.Tensor, positions: torch.Tensor, length: int, buckets: int) -> dict[str, list]:
-    """Means of ``values`` over equal-width position buckets of ``[0, length)`` (empty buckets: None)."""
+    """Means of ``values`` (``[..., len(positions)]``) over equal-width buckets of positions in ``[0, length)``.
+
+    Bucket ``i`` holds positions ``p`` with ``i * length / buckets <= p < (i + 1) * length / buckets``;
+    an empty bucket's mean is None.
+    """
     buckets = max(1, min(buckets, length))
-    edges = torch.linspace(0, length, buckets + 1).round().long()
-    starts, ends, means = [], [], []
-    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
-        inside = (positions >= lo) & (positions < hi)
-        starts.append(lo)
-        ends.append(hi)
-        means.append(float(values[..., inside].double().mean()) if inside.any() else None)
-    return {"bucket_start": starts, "bucket_end": ends, "mean": means}
+    per_position = values.double().reshape(-1, positions.numel()).mean(0)
+    index = (positions.long() * buckets) // length
+    sums = torch.zeros(buckets, dtype=torch.float64).index_add_(0, index, per_position)
+    counts = torch.bincount(index, minlength=buckets)
+    starts = [math.ceil(i * length / buckets) for i in range(buckets + 1)]
+    return {
+        "bucket_start": starts[:-1],
+        "bucket_end": starts[1:],
+        "mean": [float(sums[i] / counts[i]) if counts[i] else None for i in range(buckets)],
+    }
+
+
+def _exp(loss: float) -> float | None:
+    return math.exp(loss) if loss < 700 else None  # None: overflow (and JSON has no infinity)
 
 
 def perplexity_at_length(
@@ -214,9 +232,9 @@ def perplexity_at_length(
         "windows": count,
         "tokens": int(loss.numel()),
         "loss": mean,
-        "perplexity": math.exp(mean),
+        "perplexity": _exp(mean),
         "tail_loss": tail_mean,
-        "tail_perplexity": math.exp(tail_mean),
+        "tail_perplexity": _exp(tail_mean),
         "position_loss": bucket_means(loss, predicted_positions, length, position_buckets),
     }
 
@@ -270,6 +288,13 @@ def resolve_settings(config, settings: EvalSettings) -> EvalSettings:
         variant_rope_parameters(config, variant, length, length=length)  # raises BaselineError with the reason
     if not all(0.0 <= d <= 1.0 for d in settings.depths):
         raise EvaluationError(f"Depths are fractions of the haystack in [0, 1], got {settings.depths}.")
+    bad_layers = [x for x in settings.diagnostic_layers or [] if not 0 <= x < config.num_hidden_layers]
+    bad_heads = [h for h in settings.diagnostic_heads or [] if not 0 <= h < config.num_attention_heads]
+    if bad_layers or bad_heads:
+        raise EvaluationError(
+            f"Diagnostic layers must be in 0..{config.num_hidden_layers - 1} and heads in "
+            f"0..{config.num_attention_heads - 1}; got layers {bad_layers or 'ok'}, heads {bad_heads or 'ok'}."
+        )
     for name, value in (("batch_size", settings.batch_size), ("token_budget", settings.token_budget),
                         ("tokens_per_length", settings.tokens_per_length)):
         if value < 1:
@@ -285,14 +310,16 @@ def run_evaluation(
     text: torch.Tensor | None = None,
     haystack: torch.Tensor | None = None,
     text_paths: Sequence[str | Path] | None = None,
+    haystack_paths: Sequence[str | Path] | None = None,
     text_field: str = "text",
     model_name: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluates every variant at every length; returns the results dict that ``write_report`` writes.
 
-    ``text`` / ``haystack`` are token streams; when missing they are read from ``text_paths``
-    (default: the Python standard library's source).
+    ``text`` / ``haystack`` are token streams; when missing they are read from ``text_paths`` /
+    ``haystack_paths`` (default: the Python standard library's source; the haystack defaults to
+    the evaluation text).
     """
     from tqdm.auto import tqdm
 
@@ -304,6 +331,8 @@ def run_evaluation(
     if text is None:
         needed = max(n * windows_per_length[n] for n in lengths)
         text = token_stream(tokenizer, read_documents(text_paths or default_text_paths(), text_field), needed)
+    if haystack is None and haystack_paths:
+        haystack = token_stream(tokenizer, read_documents(haystack_paths, text_field), 2 * max(lengths))
     haystack = text if haystack is None else haystack
     bos = tokenizer.bos_token_id if prepends_bos(tokenizer) else None
     windows = {n: make_windows(text, n, windows_per_length[n], bos) for n in lengths}
@@ -351,6 +380,7 @@ def run_evaluation(
             results["diagnostics"].setdefault(variant, {})[str(n)] = diagnostics.diagnose(
                 variant_model, windows[n][:1], layers=settings.diagnostic_layers, heads=settings.diagnostic_heads,
                 max_queries=settings.diagnostic_queries, position_buckets=settings.position_buckets,
+                training_length=L,
             )
     return results
 
@@ -361,7 +391,11 @@ def run_evaluation(
 
 def _length_label(n: int, L: int) -> str:
     ratio = n / L
-    return f"{n} ({ratio:g}L)" if ratio >= 1 else f"{n} (L/{1 / ratio:g})"
+    if ratio == 1:
+        return f"{n} (L)"
+    if ratio < 1 and (L / n).is_integer():
+        return f"{n} (L/{L // n})"
+    return f"{n} ({ratio:.3g}L)"
 
 
 def _table(title: str, rows: dict[str, list[str]], header: list[str]) -> str:
@@ -442,6 +476,17 @@ def _bucket_curve(buckets: dict[str, list]) -> tuple[list[float], list[float | N
     return centers, buckets["mean"]
 
 
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become None (strict JSON); containers are converted recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path, force: bool = False) -> Path:
     """Writes results.json, results.md and PNGs into ``out_dir`` atomically (temp folder, then rename)."""
     out_dir = Path(out_dir)
@@ -450,7 +495,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, force: bool = Fal
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (staging / RESULTS_JSON).write_text(json.dumps(results, indent=1, allow_nan=True) + "\n")
+        (staging / RESULTS_JSON).write_text(json.dumps(_json_safe(results), indent=1, allow_nan=False) + "\n")
         (staging / RESULTS_MARKDOWN).write_text(results_markdown(results))
         write_plots(results, staging)
         if out_dir.exists():
@@ -463,6 +508,87 @@ def write_report(results: dict[str, Any], out_dir: str | Path, force: bool = Fal
 
 
 # ----------------------------------------------------------------------------------------------
+# lm-evaluation-harness tasks that need no download
+
+LM_EVAL_PERPLEXITY_TASK = "ropeid_local_ppl"
+LM_EVAL_PASSKEY_TASK = "ropeid_local_passkey"
+_LM_EVAL_DATASET = """dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+"""  # {data} is a JSON-quoted absolute path (valid YAML whatever characters it holds)
+
+
+def write_lm_eval_tasks(
+    folder: str | Path,
+    text_paths: Sequence[str | Path] | None = None,
+    *,
+    documents: int = 16,
+    document_chars: int = 8000,
+    passkey_chars: int = 4000,
+    depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    seed: int = 0,
+) -> list[Path]:
+    """Writes two lm-eval tasks over local jsonl files (``lm_eval --include_path FOLDER``).
+
+    - ``ropeid_local_ppl`` (loglikelihood_rolling): word/byte perplexity and bits per byte of
+      ``documents`` local documents (default: Python's stdlib source), each cut to ``document_chars``.
+    - ``ropeid_local_passkey`` (generate_until, exact match): one passkey prompt per depth with a
+      haystack of about ``passkey_chars`` characters.
+
+    The YAML files name the jsonl files by absolute path; ``datasets``' json loader reads them
+    offline.
+    """
+    import random
+
+    from . import retrieval
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = list(islice((t[:document_chars] for t in read_documents(text_paths or default_text_paths())), documents))
+    if not texts:
+        raise EvaluationError("No text to build lm-eval tasks from.")
+    haystack = "\n".join(texts)
+    while len(haystack) < passkey_chars:
+        haystack += "\n" + haystack
+    rng = random.Random(seed)
+    passkeys = []
+    for depth in depths:
+        value = str(rng.randrange(10_000, 100_000))
+        start = rng.randrange(0, len(haystack) - passkey_chars + 1)
+        hay = haystack[start : start + passkey_chars]
+        at = hay.rfind("\n", 0, int(depth * len(hay)) + 1) + 1  # a line boundary at or before the depth
+        prompt = (
+            retrieval.PASSKEY_INSTRUCTION + hay[:at] + retrieval.PASSKEY_NEEDLE.format(value=value)
+            + hay[at:] + retrieval.PASSKEY_QUESTION
+        )
+        passkeys.append({"prompt": prompt, "answer": value, "depth": depth})
+    written = []
+    for name, records in (("documents.jsonl", [{"text": t} for t in texts]), ("passkey.jsonl", passkeys)):
+        path = folder / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        written.append(path)
+    (folder / f"{LM_EVAL_PERPLEXITY_TASK}.yaml").write_text(
+        f"task: {LM_EVAL_PERPLEXITY_TASK}\n"
+        + _LM_EVAL_DATASET.format(data=json.dumps(str(folder / "documents.jsonl")))
+        + 'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+        "metadata:\n  version: 1.0\n"
+    )
+    (folder / f"{LM_EVAL_PASSKEY_TASK}.yaml").write_text(
+        f"task: {LM_EVAL_PASSKEY_TASK}\n"
+        + _LM_EVAL_DATASET.format(data=json.dumps(str(folder / "passkey.jsonl")))
+        + 'output_type: generate_until\ndoc_to_text: "{{prompt}}"\ndoc_to_target: "{{answer}}"\n'
+        'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 8\n  do_sample: false\n'
+        # The model answers " 60494": whitespace and the closing period are not part of the answer.
+        'metric_list:\n  - metric: exact_match\n    regexes_to_ignore: ["\\\\s"]\n    ignore_punctuation: true\n'
+        "metadata:\n  version: 1.0\n"
+    )
+    return [*written, folder / f"{LM_EVAL_PERPLEXITY_TASK}.yaml", folder / f"{LM_EVAL_PASSKEY_TASK}.yaml"]
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -470,7 +596,7 @@ def _int_list(value: str | None, what: str) -> list[int]:
     if not value:
         return []
     try:
-        return [int(float(part)) for part in value.split(",") if part.strip()]
+        return [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
         raise typer.BadParameter(f"{what} must be comma-separated whole numbers, e.g. 256,512,1024; got {value!r}.")
 
@@ -495,11 +621,14 @@ def eval_command(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: eval-<model name>).")] = None,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated context lengths (default: L/2 ... 16L).")] = None,
     baselines: Annotated[
-        str | None, typer.Option(help=f"Comma-separated variants (default: all the model allows): {', '.join(VARIANTS)}.")
+        str | None,
+        typer.Option(help=f"Comma-separated variants (default: all the model allows): {', '.join(VARIANTS)}."),
     ] = None,
     text: Annotated[
         list[Path] | None,
-        typer.Option(help="Evaluation text: txt/md/rst/py/jsonl file or folder; repeatable (default: Python's stdlib source)."),
+        typer.Option(
+            help="Evaluation text: txt/md/rst/py/jsonl file or folder; repeatable (default: Python's stdlib source)."
+        ),
     ] = None,
     text_field: Annotated[str, typer.Option(help="Field of jsonl records holding the text.")] = "text",
     haystack: Annotated[
@@ -511,7 +640,9 @@ def eval_command(
     token_budget: Annotated[int, typer.Option(help="Tokens per forward pass, at most (batch x length).")] = 32768,
     position_buckets: Annotated[int, typer.Option(help="Buckets of the per-position curves.")] = 32,
     dynamic_factor: Annotated[float, typer.Option(help="`factor` of the dynamic NTK baseline.")] = 2.0,
-    retrieval: Annotated[bool, typer.Option("--retrieval/--no-retrieval", help="Passkey and multi-key needles.")] = True,
+    retrieval: Annotated[
+        bool, typer.Option("--retrieval/--no-retrieval", help="Passkey and multi-key needles.")
+    ] = True,
     tasks: Annotated[str, typer.Option(help="Retrieval tasks: passkey, multikey.")] = "passkey,multikey",
     depths: Annotated[str, typer.Option(help="Needle depths, fractions of the haystack.")] = "0,0.25,0.5,0.75,1",
     samples: Annotated[int, typer.Option(help="Retrieval samples per length and depth.")] = 4,
@@ -523,12 +654,15 @@ def eval_command(
     heads: Annotated[str | None, typer.Option(help="Diagnostic query heads (default: all).")] = None,
     diagnostic_queries: Annotated[int, typer.Option(help="Query positions sampled per diagnostic window.")] = 256,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps ...")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16.")
+    ] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the retrieval samples.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Length generalisation of a model and its positional baselines: perplexity, retrieval, diagnostics."""
     from . import retrieval as retrieval_module
+    from .retrieval import RetrievalError
 
     out = out or Path(f"eval-{Path(model.rstrip('/')).name}")
     if out.exists() and not force:
@@ -555,16 +689,11 @@ def eval_command(
     )
     loaded, tokenizer = load_model_and_tokenizer(model, device=device, dtype=dtype)
     try:
-        haystack_stream = None
-        if haystack:
-            haystack_stream = token_stream(
-                tokenizer, read_documents(haystack, text_field), needed_tokens=2 * max(settings.lengths or [1 << 16])
-            )
         results = run_evaluation(
-            loaded, tokenizer, settings, haystack=haystack_stream, text_paths=text or None,
+            loaded, tokenizer, settings, text_paths=text or None, haystack_paths=haystack or None,
             text_field=text_field, model_name=model,
         )
-    except (EvaluationError, ValueError) as error:
+    except (EvaluationError, BaselineError, RetrievalError) as error:
         raise typer.BadParameter(str(error)) from None
     write_report(results, out, force=force)
     typer.echo(results_markdown(results))
@@ -606,5 +735,6 @@ __all__ = [
     "run_evaluation",
     "token_losses",
     "token_stream",
+    "write_lm_eval_tasks",
     "write_report",
 ]

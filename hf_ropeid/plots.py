@@ -56,6 +56,7 @@ def draw_lines(
     colors: Mapping[str, tuple] | None = None,
     styles: Mapping[str, str] | None = None,
     markers: bool = True,
+    ylim: tuple[float, float] | None = None,
 ) -> None:
     """Draws one line per series on ``ax``; a dotted vertical line marks ``vline`` (e.g. the training length)."""
     colors = colors or color_map(list(series))
@@ -70,13 +71,21 @@ def draw_lines(
             markersize=3,
             linewidth=1.4,
         )
-    if vline is not None:
+    all_x = _finite([v for x, _ in series.values() for v in _clean(x)])
+    # A marker outside the data (e.g. L beyond the longest window) would only squash the curves.
+    if vline is not None and all_x and min(all_x) <= vline <= max(all_x):
         ax.axvline(vline, color="grey", linestyle=":", linewidth=1.2, label=vline_label or None)
     if log_x:
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 1024, not 2^10
     all_y = _finite([v for _, y in series.values() for v in _clean(y)])
-    if log_y and all_y and min(all_y) > 0:
+    # A log axis only helps when values span a wide range; a narrow one gets unreadable ticks.
+    if log_y and all_y and min(all_y) > 0 and max(all_y) / min(all_y) > 3:
         ax.set_yscale("log")
+    if all_x and log_x:
+        ax.set_xlim(min(all_x) / 1.15, max(all_x) * 1.15)  # every length stays on the axis, even with gaps
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
@@ -93,12 +102,20 @@ def line_plot(path: str | Path, series: Series, *, legend_title: str = "", **kwa
     return save_figure(fig, path)
 
 
-def panel_grid(count: int, *, panel_size: tuple[float, float] = (4.2, 3.2), max_columns: int = 4, sharey=False):
+def panel_grid(
+    count: int,
+    *,
+    panel_size: tuple[float, float] = (4.2, 3.2),
+    max_columns: int = 4,
+    sharey: bool = False,
+    layout: str | None = None,
+):
     """A figure with ``count`` panels laid out in rows; returns (fig, flat list of the used axes)."""
     columns = min(max_columns, max(1, count))
     rows = math.ceil(max(1, count) / columns)
     fig, axes = plt.subplots(
-        rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False, sharey=sharey
+        rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False, sharey=sharey,
+        layout=layout,
     )
     flat = [ax for row in axes for ax in row]
     for ax in flat[count:]:
@@ -116,18 +133,18 @@ def lines_grid(
     **kwargs,
 ) -> Path:
     """One panel per key of ``panels`` (e.g. one per variant), each with its own lines."""
-    fig, axes = panel_grid(len(panels), sharey=sharey)
-    names = sorted({name for series in panels.values() for name in series}, key=_natural_key)
+    fig, axes = panel_grid(len(panels), sharey=sharey, layout="constrained")
+    names = list(dict.fromkeys(name for series in panels.values() for name in series))  # first-seen order
     colors = kwargs.pop("colors", None) or color_map(names)
     for ax, (title, series) in zip(axes, panels.items()):
         draw_lines(ax, series, title=title, colors=colors, **kwargs)
     if names:
-        handles = [plt.Line2D([], [], color=colors[n], label=n) for n in names]
-        fig.legend(handles=handles, title=legend_title or None, loc="upper center",
-                   bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 8), fontsize=8)
+        handles = [plt.Line2D([], [], color=colors[n], linestyle=(kwargs.get("styles") or {}).get(n, "-"), label=n)
+                   for n in names]
+        fig.legend(handles=handles, title=legend_title or None, loc="outside lower center",
+                   ncol=min(len(names), 8), fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -146,17 +163,20 @@ def heatmap_grid(
     cmap: str = "RdYlGn",
 ) -> Path:
     """One annotated heatmap per key of ``grids`` (rows x columns); missing cells are grey."""
-    fig, axes = panel_grid(len(grids), panel_size=(0.55 * len(column_labels) + 2.2, 0.4 * len(row_labels) + 1.6))
-    colormap = plt.get_cmap(cmap).copy()
-    colormap.set_bad("lightgrey")
+    fig, axes = panel_grid(
+        len(grids), panel_size=(0.6 * len(column_labels) + 1.8, 0.4 * len(row_labels) + 1.6), layout="constrained"
+    )
+    colormap = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
     image = None
     for ax, (title, grid) in zip(axes, grids.items()):
         values = [_clean(row) for row in grid]
         image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap=colormap, aspect="auto")
         ax.set_xticks(range(len(column_labels)), column_labels, rotation=45, fontsize=8)
         ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
-        ax.set_xlabel(xlabel, fontsize=9)
-        ax.set_ylabel(ylabel, fontsize=9)
+        if ax.get_subplotspec().is_last_row():
+            ax.set_xlabel(xlabel, fontsize=9)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(ylabel, fontsize=9)
         ax.set_title(title, fontsize=10)
         for r, row in enumerate(values):
             for c, v in enumerate(row):
@@ -167,11 +187,6 @@ def heatmap_grid(
     if suptitle:
         fig.suptitle(suptitle)
     return save_figure(fig, path)
-
-
-def _natural_key(name: str):
-    """Sorts "64", "128", "1024" numerically and names alphabetically."""
-    return (0, float(name), "") if name.replace(".", "", 1).isdigit() else (1, 0.0, name)
 
 
 __all__ = ["color_map", "draw_lines", "heatmap_grid", "line_plot", "lines_grid", "panel_grid", "save_figure"]

@@ -90,7 +90,8 @@ def build_sample(
         return None
     if haystack.numel() < room:
         raise RetrievalError(
-            f"The haystack has {haystack.numel()} tokens; a {length}-token prompt needs {room}. Give a longer --haystack."
+            f"The haystack has {haystack.numel()} tokens; a {length}-token prompt needs {room}. "
+            "Give a longer --haystack."
         )
     start = rng.randrange(0, haystack.numel() - room + 1)
     hay = haystack[start : start + room].tolist()
@@ -226,28 +227,27 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     lengths, variants, L = results["lengths"], results["variants"], results["training_length"]
     depths = results["settings"]["depths"]
     written = []
-    series = {}
+    panels = {}
     for task, by_variant in retrieval.items():
         grids = {}
+        panels[task] = {}
         for v in variants:
             cells = by_variant.get(v, {})
             grids[v] = [
                 [cells.get(str(n), {}).get("by_depth", {}).get(str(d), {}).get("accuracy") for n in lengths]
                 for d in depths
             ]
-            series[f"{task}: {v}"] = (lengths, [cells.get(str(n), {}).get("accuracy") for n in lengths])
+            panels[task][v] = (lengths, [cells.get(str(n), {}).get("accuracy") for n in lengths])
         written.append(plots.heatmap_grid(
             out_dir / f"retrieval_{task}_heatmap.png", grids,
             row_labels=[f"{d:g}" for d in depths], column_labels=[str(n) for n in lengths],
             xlabel="context length", ylabel="needle depth", suptitle=f"{task}: exact-match accuracy (L = {L})",
+            value_format="{:.0%}",
         ))
-    colors = plots.color_map(variants)
-    task_names = list(retrieval)
-    written.append(plots.line_plot(
-        out_dir / "retrieval_vs_length.png", series, xlabel="context length (tokens)", ylabel="exact-match accuracy",
-        log_x=True, vline=L, vline_label=f"L = {L}", title="Retrieval accuracy vs length (all depths)",
-        colors={name: colors[name.split(": ", 1)[1]] for name in series},
-        styles={name: plots.LINE_STYLES[task_names.index(name.split(": ", 1)[0]) % 4] for name in series},
+    written.append(plots.lines_grid(
+        out_dir / "retrieval_vs_length.png", panels, xlabel="context length (tokens)",
+        ylabel="exact-match accuracy", log_x=True, vline=L, ylim=(-0.03, 1.03), colors=plots.color_map(variants),
+        suptitle=f"Retrieval accuracy vs length, all depths (L = {L})",
     ))
     return written
 
