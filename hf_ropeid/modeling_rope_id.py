@@ -29,11 +29,12 @@ from transformers.models.llama.modeling_llama import (
     LlamaPreTrainedModel,
     LlamaRMSNorm,
     eager_attention_forward,
+    repeat_kv,
     rotate_half,
 )
 
 from .configuration_rope_id import RopeIDConfig
-from .rope_id import ROPE_TYPE, RopeIDParameters, inv_freq, query_temperature, rotation_angles
+from .rope_id import ROPE_TYPE, RopeIDParameters, far_field_bias, inv_freq, query_temperature, rotation_angles
 
 MIN_TRANSFORMERS = "5.24.0"  # the oldest release this file was tested with
 if version.parse(transformers.__version__) < version.parse(MIN_TRANSFORMERS):
@@ -87,7 +88,10 @@ class LlamaRopeIDRotaryEmbedding(nn.Module):
         # float64 frequencies are a plain attribute, not a buffer: model.to(bfloat16) must not round
         # them, and from_pretrained's meta-device init must not leave them empty.
         self.frequencies = inv_freq(self.rope_id)
-        self.inv_freq = nn.Buffer(self.frequencies.to(torch.float32), persistent=False)  # for tools that read it
+        # float32 copies for tools that read them; transformers' _init_weights refills both through
+        # ROPE_INIT_FUNCTIONS["rope_id"] after from_pretrained (they would be uninitialised otherwise).
+        self.inv_freq = nn.Buffer(self.frequencies.to(torch.float32), persistent=False)
+        self.original_inv_freq = nn.Buffer(self.inv_freq.clone(), persistent=False)
         self.attention_scaling = 1.0
         self._frequencies_on_device = self.frequencies
 
@@ -116,7 +120,62 @@ def apply_rope_id(q, k, cos, sin, query_cos, query_sin):
     return q_embed, k_embed
 
 
+def rotary_window_attention(module, query, key, value, attention_mask, query_start: int, dropout: float = 0.0):
+    """Attention for ``rotary_window``: keys W or more tokens back are scored by the unrotated pairs only.
+
+    Eager arithmetic (scores are built by hand, so no sdpa/flash kernel). ``query_start`` is the
+    cache index of the first query; key ``j`` sits at index ``j``. ``attention_mask`` may be None
+    (causal), a boolean mask (True = attend) or an additive float mask, shaped [batch, 1, q, k].
+    """
+    p: RopeIDParameters = module.rope_id
+    q_len, k_len = query.shape[2], key.shape[2]
+    if attention_mask is not None and attention_mask.dim() != 4:
+        raise ValueError(
+            "rotary_window needs a 4-D attention mask; load the model with attn_implementation='sdpa' or 'eager'."
+        )
+    if not torch.is_grad_enabled() and q_len > 512:
+        # Long inputs at inference: 256 queries at a time, each against the keys it can see.
+        parts = []
+        for start in range(0, q_len, 256):
+            stop, visible = min(start + 256, q_len), min(k_len, query_start + start + 256)
+            mask = None if attention_mask is None else attention_mask[:, :, start:stop, :visible]
+            part, _ = rotary_window_attention(
+                module, query[:, :, start:stop], key[:, :, :visible], value[:, :, :visible], mask, query_start + start
+            )
+            parts.append(part)
+        return torch.cat(parts, dim=1), None
+
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    n, half = p.num_rotated_pairs, query.shape[-1] // 2
+
+    def split(x):  # (rotated channels, unrotated channels); channel i pairs with i + half
+        return (torch.cat([x[..., :n], x[..., half:half + n]], -1), torch.cat([x[..., n:half], x[..., half + n:]], -1))
+
+    (q_rot, q_free), (k_rot, k_free) = split(query), split(key)
+    query_positions = torch.arange(query_start, query_start + q_len, device=query.device)
+    key_positions = torch.arange(k_len, device=query.device)
+    distance = query_positions[:, None] - key_positions[None, :]
+    near = (q_rot @ k_rot.transpose(2, 3)).masked_fill_(distance >= p.rotary_window, 0.0)
+    scores = (q_free @ k_free.transpose(2, 3)).add_(near).mul_(module.scaling)
+    if p.far_field == "log_count":
+        bias = far_field_bias(query_positions, key_positions, p.training_length, p.rotary_window)
+        scores = scores.add_(bias.to(scores.dtype))
+    lowest = torch.finfo(scores.dtype).min  # not -inf: fully masked (padding) rows stay finite
+    scores = scores.masked_fill_(distance < 0, lowest)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill_(~attention_mask[..., :k_len], lowest)
+    elif attention_mask is not None:
+        scores = scores.add_(attention_mask[..., :k_len]).clamp_(min=lowest)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
 class LlamaRopeIDAttention(LlamaAttention):
+    def __init__(self, config: RopeIDConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.rope_id = RopeIDParameters.from_config(config)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -138,6 +197,15 @@ class LlamaRopeIDAttention(LlamaAttention):
 
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+
+        if self.rope_id.rotary_window is not None:
+            filled = cache.get_seq_length(self.layer_idx) if cache is not None else key_states.shape[2]
+            attn_output, attn_weights = rotary_window_attention(
+                self, query_states, key_states, value_states, attention_mask,
+                query_start=filled - query_states.shape[2], dropout=self.attention_dropout if self.training else 0.0,
+            )
+            attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+            return attn_output, attn_weights
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

@@ -246,6 +246,10 @@ def test_auto_classes_resolve_in_process(tmp_path):
     assert type(AutoModel.from_pretrained(tmp_path)) is LlamaRopeIDModel
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert type(loaded) is LlamaRopeIDForCausalLM
+    # The float32 inv_freq buffers (read by external tools) are filled in, not left uninitialised.
+    expected = inv_freq(RopeIDParameters.from_config(loaded.config)).float()
+    assert torch.equal(loaded.model.rotary_emb.inv_freq, expected)
+    assert torch.equal(loaded.model.rotary_emb.original_inv_freq, expected)
     ids = torch.randint(0, 256, (1, 90))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
