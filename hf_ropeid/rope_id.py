@@ -27,6 +27,7 @@ import torch
 ROPE_TYPE = "rope_id"
 SPECTRA = ("rope_id", "original", "minimal")
 TEMPERATURES = ("query_log", "length_log", "none")
+FAR_FIELDS = ("none", "log_count")
 
 # Keys of ``rope_parameters`` for ``rope_type == "rope_id"``. These names are a public format:
 # once released they never change (add aliases instead of renaming).
@@ -38,6 +39,8 @@ PARAMETER_KEYS = (
     "spectrum",
     "temperature",
     "temperature_coefficient",
+    "rotary_window",
+    "far_field",
 )
 
 
@@ -66,6 +69,16 @@ class RopeIDParameters:
             ``(1 + c * ln(max(p, L) / L))**2``, YaRN's factor with ``s = p / L``), "length_log"
             (``ln(max(p, L)) / ln(L)``), or "none". Both are exactly 1 inside ``L``.
         temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN).
+        rotary_window: None (the paper: every key is scored on all channels) or a whole number of
+            tokens ``W``: a key ``W`` or more tokens before the query is scored by the unrotated pairs
+            only (the rotated pairs' part of its logit is dropped). Far keys then carry no phase at
+            all, so they can never mimic near keys by a chance alignment of phases, which is what
+            breaks RoPE-ID at many times ``L``. Train with it (``W < L``, e.g. ``L / turns``) so that
+            the model learns the phase-free far field. Needs LlamaRopeIDForCausalLM (own attention).
+        far_field: "none" or "log_count" (needs ``rotary_window``): far keys other than the first (the
+            attention sink) get the logit bias ``-ln(max(m, M) / M)``, ``m`` = far keys of the query,
+            ``M = L - 1 - W``; the far field as a whole keeps the weight it had at ``L``. Exactly 0
+            inside ``L``, so it can be switched on for a trained model.
     """
 
     head_dim: int
@@ -77,6 +90,8 @@ class RopeIDParameters:
     spectrum: str = "rope_id"
     temperature: str = "query_log"
     temperature_coefficient: float = 0.1
+    rotary_window: int | None = None
+    far_field: str = "none"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -141,7 +156,7 @@ def validate(p: RopeIDParameters) -> None:
     """Raises RopeIDParameterError with an actionable message for any out-of-range setting."""
     for f in fields(p):
         value = getattr(p, f.name)
-        if f.name in ("spectrum", "temperature"):
+        if f.name in ("spectrum", "temperature", "far_field") or (f.name == "rotary_window" and value is None):
             continue
         if not _is_number(value) or value <= 0:
             raise RopeIDParameterError(f"rope_id parameter '{f.name}' must be a positive number, got {value!r}.")
@@ -168,6 +183,17 @@ def validate(p: RopeIDParameters) -> None:
         raise RopeIDParameterError(f"Unknown spectrum {p.spectrum!r}; accepted: {', '.join(SPECTRA)}.")
     if p.temperature not in TEMPERATURES:
         raise RopeIDParameterError(f"Unknown temperature {p.temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
+    if p.rotary_window is not None and int(p.rotary_window) != p.rotary_window:
+        raise RopeIDParameterError(
+            f"rotary_window must be a whole number of tokens or None (off), got {p.rotary_window!r}."
+        )
+    if p.far_field not in FAR_FIELDS:
+        raise RopeIDParameterError(f"Unknown far_field {p.far_field!r}; accepted: {', '.join(FAR_FIELDS)}.")
+    if p.far_field != "none" and (p.rotary_window is None or p.rotary_window > p.training_length - 2):
+        raise RopeIDParameterError(
+            f"far_field {p.far_field!r} needs a rotary_window of at most training_length - 2 = "
+            f"{p.training_length - 2} tokens (it weighs the keys beyond the window), got {p.rotary_window!r}."
+        )
     if p.spectrum != "original":
         if p.num_rotated_pairs < 2:
             raise RopeIDParameterError(
@@ -234,6 +260,22 @@ def rotation_angles(positions: torch.Tensor, frequencies: torch.Tensor) -> torch
     """
     angles = positions.to(torch.float64)[..., None] * frequencies.to(device=positions.device, dtype=torch.float64)
     return torch.remainder(angles, 2 * math.pi)
+
+
+def far_field_bias(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, training_length: int, rotary_window: int
+) -> torch.Tensor:
+    """Logit bias of far_field "log_count", shape [queries, keys] (float32, 0 for near keys and key 0).
+
+    A query at position ``p`` has ``m = p - W`` far keys besides the first; at the last position
+    inside ``L`` it had ``M = L - 1 - W``. Each far key gets ``-ln(max(m, M) / M)``, so that ``m`` far
+    keys weigh together what ``M`` weighed in training. Positions are 0-based.
+    """
+    limit = training_length - 1 - rotary_window
+    count = (query_positions.to(torch.float64) - rotary_window).clamp(min=limit)
+    bias = -torch.log(count / limit)[:, None]
+    far = (query_positions[:, None] - key_positions[None, :] >= rotary_window) & (key_positions[None, :] > 0)
+    return (bias * far).to(torch.float32)
 
 
 def query_temperature(

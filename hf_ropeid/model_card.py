@@ -1,0 +1,174 @@
+"""Model cards (README.md) for converted checkpoints, rendered from ``model_cards/`` templates.
+
+The templates live in the repository's ``model_cards/`` folder; ``hf_ropeid/templates`` is a
+symlink to it, so they are package data in an installed wheel too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+DEFAULT_TEMPLATE = TEMPLATES / "rope_id_model_card.md"
+TAGS = ("custom_code", "rope-id", "long-context", "llama")
+
+
+def source_license(source: str | os.PathLike) -> str | None:
+    """The ``license`` of the source's model card (README.md YAML), if it has one."""
+    from huggingface_hub.repocard import metadata_load
+
+    readme = Path(source) / "README.md"
+    try:
+        return (metadata_load(readme) or {}).get("license") if readme.is_file() else None
+    except ValueError:  # malformed YAML: no license to carry over
+        return None
+
+
+def describe_positions(rope_parameters: Mapping[str, Any], head_dim: int) -> str:
+    """One paragraph saying, in words, what the positional encoding does."""
+    import torch
+
+    from .rope_id import RopeIDParameters, inv_freq, original_inv_freq
+
+    p = rope_parameters
+    pairs = head_dim // 2
+    rotated = int(round(p["rotary_fraction"] * pairs))
+    length, turns = p["training_length"], p["turns_per_training_length"]
+    params = RopeIDParameters.from_rope_parameters(dict(p), head_dim=head_dim, default_training_length=length)
+    original = original_inv_freq(head_dim, p["rope_theta"])[:rotated]
+    kept = int(torch.isclose(inv_freq(params)[:rotated], original, rtol=1e-12, atol=0).sum())
+    spectra = {
+        "rope_id": f"RoPE-ID's spectrum (periods from {p['shortest_period']:g} tokens geometrically up to "
+        f"{length / turns:g} tokens, so every rotated pair completes at least {turns:g} turns inside {length} tokens)",
+        "original": "their original RoPE frequencies",
+        "minimal": f"their original RoPE frequencies where those complete {turns:g} turns inside {length} tokens "
+        f"({kept} pairs); the {rotated - kept} slower ones are sped up to periods of about {length / turns:g} tokens",
+    }
+    text = (
+        f"Per attention head, {rotated} of {pairs} channel pairs rotate with {spectra[p['spectrum']]}; "
+        f"the other {pairs - rotated} are not rotated (NoPE). Training length L = {length}."
+    )
+    temperature = {
+        "query_log": f" Queries at position p > L are multiplied by (1 + {p['temperature_coefficient']:g} ln(p/L))^2.",
+        "length_log": " Queries at position p > L are multiplied by ln(p)/ln(L).",
+        "none": " No attention temperature.",
+    }
+    text += temperature[p["temperature"]]
+    if p.get("rotary_window"):
+        text += f" Keys {p['rotary_window']} or more tokens before the query are scored by the unrotated pairs only"
+        text += " (far-field bias: log_count)." if p.get("far_field") == "log_count" else "."
+    return text
+
+
+def perplexity_table(verification: Mapping[str, Any] | None) -> str | None:
+    """A markdown table of source vs converted perplexity from a ``verification.json`` report."""
+    results = (verification or {}).get("perplexity")
+    if not results:
+        return None
+    source = results.get("source", {})
+    lines = ["| tokens per window | source perplexity | converted perplexity | windows |", "|---|---|---|---|"]
+    for length, converted in results["converted"].items():
+        if converted is None:
+            continue
+        original = source.get(length)
+        before = f"{original['perplexity']:.2f}" if original else "-"
+        lines.append(f"| {length} | {before} | {converted['perplexity']:.2f} | {converted['windows']} |")
+    text = verification.get("text", {})
+    lines.append(
+        f"\nNon-overlapping windows from the start of `{text.get('file', '?')}`, each scored as an independent "
+        "sequence (measured by the converter's verification, in a process without hf-ropeid)."
+    )
+    return "\n".join(lines)
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    rope_parameters: Mapping[str, Any],
+    head_dim: int,
+    channel_selection: str,
+    source: str,
+    base_model: str | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+    eval_table: str | None = None,
+    extra_rows: Mapping[str, Any] | None = None,
+    tags: tuple[str, ...] = TAGS,
+    template: str | os.PathLike = DEFAULT_TEMPLATE,
+) -> str:
+    """The README.md text: YAML metadata, description, usage with trust_remote_code, parameters, evaluation.
+
+    ``eval_table`` is markdown placed under "Evaluation" (omitted when None); ``extra_rows`` adds
+    rows to the conversion table (e.g. fine-tuning settings).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_data = ModelCardData(
+        base_model=base_model,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=license,
+        tags=list(tags),
+    )
+    rows = {"channel selection": channel_selection}
+    rows.update({f"`{k}`": v for k, v in rope_parameters.items() if k != "rope_type" and v is not None})
+    rows.update(extra_rows or {})
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        source=source,
+        repo_id=repo_id or f"path/to/{model_name}",
+        channel_selection=channel_selection,
+        positions=describe_positions(rope_parameters, head_dim),
+        conversion_rows=[(k, _cell(v)) for k, v in rows.items()],
+        eval_table=eval_table,
+    )
+    return str(card).rstrip("\n") + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_model_card(
+    folder: str | os.PathLike,
+    conversion: Mapping[str, Any] | None = None,
+    verification: Mapping[str, Any] | None = None,
+    *,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """(Re)writes ``folder/README.md`` from the folder's conversion.json and verification.json."""
+    folder = Path(folder)
+    if conversion is None:
+        conversion = json.loads((folder / "conversion.json").read_text())
+    if verification is None and (folder / "verification.json").is_file():
+        verification = json.loads((folder / "verification.json").read_text())
+    extra = {"dtype": conversion["dtype"]}
+    if conversion.get("calibration"):
+        calibration = conversion["calibration"]
+        extra["calibration text"] = f"{calibration['text']} ({calibration['tokens']} tokens)"
+    text = render_model_card(
+        model_name=model_name or conversion.get("model_name") or folder.name,
+        rope_parameters=conversion["rope_parameters"],
+        head_dim=conversion["head_dim"],
+        channel_selection=conversion["channel_selection"],
+        source=conversion["source"],
+        base_model=conversion.get("base_model"),
+        license=conversion.get("license"),
+        repo_id=repo_id,
+        eval_table=perplexity_table(verification),
+        extra_rows=extra,
+    )
+    readme = folder / "README.md"
+    partial = folder / ".README.md.partial"
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, readme)
+    return readme

@@ -1,0 +1,128 @@
+"""The options found by benchmarks/toy_length_generalization.py: rotary_window and far_field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_llama_config
+
+from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
+from hf_ropeid.modeling_rope_id import rotary_window_attention
+from hf_ropeid.rope_id import RopeIDParameterError, RopeIDParameters, far_field_bias
+
+L = 128  # tiny_llama_config's max_position_embeddings = training length
+
+
+def model(seed: int = 0, **rope_id) -> LlamaRopeIDForCausalLM:
+    torch.manual_seed(seed)
+    config = RopeIDConfig.from_llama_config(tiny_llama_config(), shortest_period=8, **rope_id)
+    m = LlamaRopeIDForCausalLM(config).eval()
+    with torch.no_grad():  # larger q/k weights so positions visibly matter
+        for name, p in m.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.normal_(0, 0.3)
+    return m
+
+
+def logits(m, ids, **kw):
+    with torch.no_grad():
+        return m(input_ids=ids, **kw).logits
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rotary_window=32.5), "whole number of tokens"),
+        (dict(rotary_window=0), "positive number"),
+        (dict(far_field="log_count"), "needs a rotary_window"),
+        (dict(far_field="log_count", rotary_window=127), "at most training_length - 2"),
+        (dict(far_field="mean", rotary_window=32), "accepted: none, log_count"),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(RopeIDParameterError, match=message):
+        RopeIDParameters(head_dim=16, training_length=L, shortest_period=8, **kwargs)
+
+
+def test_defaults_are_the_paper_and_new_keys_round_trip():
+    assert RopeIDParameters(head_dim=16).rotary_window is None
+    assert RopeIDParameters(head_dim=16).far_field == "none"
+    config = model(rotary_window=64, far_field="log_count").config
+    again = RopeIDConfig.from_dict(config.to_dict())
+    assert again.rope_parameters["rotary_window"] == 64 and again.rope_parameters["far_field"] == "log_count"
+
+
+def test_window_only_changes_keys_beyond_it():
+    ids = torch.randint(0, 256, (2, 100))
+    plain, windowed = model(), model(rotary_window=40)
+    windowed.load_state_dict(plain.state_dict())
+    a, b = logits(plain, ids), logits(windowed, ids)
+    torch.testing.assert_close(a[:, :40], b[:, :40], atol=1e-5, rtol=1e-5)  # no key is 40 back yet
+    assert (a[:, 41:] - b[:, 41:]).abs().amax() > 1e-2
+    wide = model(rotary_window=100)
+    wide.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(logits(wide, ids), a, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_matches_a_per_pair_reference():
+    m = model(rotary_window=5)
+    attn = m.model.layers[0].self_attn
+    q, k, v = (torch.randn(1, 4, 12, 16) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]  # two key/value heads (GQA)
+    out, weights = rotary_window_attention(attn, q, k, v, None, query_start=0)
+    rotated = [0, 1, 2, 3, 8, 9, 10, 11]  # 4 rotated pairs of head_dim 16: channels i and i + 8
+    expected = torch.zeros(1, 4, 12, 12)
+    for h in range(4):
+        for i in range(12):
+            for j in range(12):
+                channels = range(16) if i - j < 5 else [c for c in range(16) if c not in rotated]
+                score = sum(q[0, h, i, c] * k[0, h // 2, j, c] for c in channels) * attn.scaling
+                expected[0, h, i, j] = score if j <= i else float("-inf")
+    expected = expected.softmax(-1)
+    torch.testing.assert_close(weights, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, (expected @ v.repeat_interleave(2, 1)).transpose(1, 2))
+
+
+def test_far_field_is_exactly_off_inside_the_training_length():
+    ids = torch.randint(0, 256, (1, 200))
+    windowed, normalised = model(rotary_window=64), model(rotary_window=64, far_field="log_count")
+    normalised.load_state_dict(windowed.state_dict())
+    a, b = logits(windowed, ids), logits(normalised, ids)
+    torch.testing.assert_close(a[:, :L], b[:, :L], atol=1e-5, rtol=1e-5)
+    assert (a[:, L + 10:] - b[:, L + 10:]).abs().amax() > 1e-3
+
+
+def test_far_field_bias_keeps_the_far_weight_of_the_training_length():
+    positions = torch.arange(1000)
+    bias = far_field_bias(positions, positions, training_length=L, rotary_window=64)
+    weight = (bias.exp() * (positions[:, None] - positions[None, :] >= 64) * (positions[None, :] > 0)).sum(-1)
+    assert torch.all(bias[:L] == 0) and torch.all(bias[:, 0] == 0)
+    torch.testing.assert_close(weight[L - 1:], torch.full((1000 - L + 1,), float(L - 1 - 64)))
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_cache_and_padding_give_the_full_forward_logits(implementation):
+    m = model(rotary_window=48, far_field="log_count", temperature="query_log")
+    m.config._attn_implementation = implementation
+    ids = torch.randint(0, 256, (1, 160))
+    full = logits(m, ids)
+    with torch.no_grad():
+        out = m(input_ids=ids[:, :150], use_cache=True)
+        for t in range(150, 160):
+            out = m(input_ids=ids[:, t:t + 1], cache=out.cache, use_cache=True)
+            torch.testing.assert_close(out.logits[:, -1], full[:, t], atol=1e-4, rtol=1e-4)
+    padded = torch.cat([ids, torch.zeros(1, 20, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 160), torch.zeros(1, 20)], dim=1).long()
+    torch.testing.assert_close(logits(m, padded, attention_mask=mask)[:, :160], full, atol=1e-4, rtol=1e-4)
+
+
+def test_long_inference_is_chunked_without_changing_the_result():
+    m = model(rotary_window=48, far_field="log_count")
+    attn = m.model.layers[0].self_attn
+    q, k, v = (torch.randn(1, 4, 700, 16) for _ in range(3))
+    with torch.enable_grad():
+        whole, _ = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0)
+    with torch.no_grad():
+        chunked, weights = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0)
+    assert weights is None
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
