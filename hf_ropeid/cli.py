@@ -6,8 +6,18 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RoPE-ID for Llama-family models.")
 
+
+@app.callback()
+def _root() -> None:
+    """RoPE-ID for Llama-family models: convert, fine-tune, merge, evaluate, publish."""
+    # An explicit callback keeps subcommands as subcommands even if only one were registered.
+
 # Commands are registered below, one line each, from the module that owns them.
 # --- commands ---
+from .evaluation import eval_command; app.command("eval")(eval_command)  # noqa: E402, E702
+from .conversion_cli import convert_command; app.command("convert")(convert_command)  # noqa: E402, E702
+from .conversion_cli import push_command; app.command("push")(push_command)  # noqa: E402, E702
+from .conversion_cli import fetch_smollm2_command; app.command("fetch-smollm2")(fetch_smollm2_command)  # noqa: E402, E702
 # --- end commands ---
 
 
