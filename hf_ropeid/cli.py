@@ -18,6 +18,8 @@ from .evaluation import eval_command; app.command("eval")(eval_command)  # noqa:
 from .conversion_cli import convert_command; app.command("convert")(convert_command)  # noqa: E402, E702
 from .conversion_cli import push_command; app.command("push")(push_command)  # noqa: E402, E702
 from .conversion_cli import fetch_smollm2_command; app.command("fetch-smollm2")(fetch_smollm2_command)  # noqa: E402, E702
+from .training import finetune_command; app.command("finetune")(finetune_command)  # noqa: E402, E702
+from .merge import merge_command; app.command("merge")(merge_command)  # noqa: E402, E702
 # --- end commands ---
 
 

@@ -65,9 +65,7 @@ def _expand_local(paths: Sequence[str], patterns: Sequence[str]) -> list[Path] |
                 raise DataError(f"The pattern {raw!r} matches no file.")
             files.extend(matches)
         else:
-            raise DataError(
-                f"Data file or folder {raw!r} does not exist (several sources must all be local files, folders or globs)."
-            )
+            raise DataError(f"Data file or folder {raw!r} does not exist.")
     return files
 
 

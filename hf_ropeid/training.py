@@ -64,7 +64,7 @@ class FinetuneArguments:
     # conversion of a plain Llama checkpoint
     convert: bool = _help("Convert a plain Llama checkpoint to RoPE-ID before training (--no-convert trains it as it is, e.g. a control run).", default=True)
     spectrum: str | None = _help("RoPE-ID spectrum for the conversion: rope_id | original | minimal.", default=None)
-    rotary_fraction: float | None = _help("Fraction of each head that rotates (conversion).", default=None)
+    rotary_fraction: str | None = _help("Fraction of each head that rotates, or 'auto' (conversion).", default=None)
     training_length: int | None = _help("L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None)
     shortest_period: float | None = _help("Period in tokens of the fastest rotated pair (conversion).", default=None)
     turns_per_training_length: float | None = _help("Turns of the slowest pair inside L (conversion).", default=None)
@@ -78,7 +78,7 @@ class FinetuneArguments:
     dataset_config: str | None = _help("Config name of a datasets dataset.", default=None)
     seq_length: int = _help("Tokens per training sequence.", default=1024)
     eval_lengths: list[int] = _help("Lengths at which held-out perplexity is measured (default: seq_length and 2*seq_length).", default_factory=list)
-    eval_windows: int = _help("Held-out windows per evaluation length (each inside one document).", default=8)
+    eval_tokens: int = _help("Held-out tokens per evaluation length: eval_tokens // length windows (at least 1), each inside one document.", default=16384)
     num_proc: int | None = _help("Processes for tokenising.", default=None)
     # adapter
     full_finetune: bool = _help("Train every weight instead of a LoRA adapter.", default=False)
@@ -120,7 +120,10 @@ class FinetuneArguments:
 
     def rope_id_parameters(self) -> dict[str, Any]:
         keys = ("spectrum", "rotary_fraction", "training_length", "shortest_period", "turns_per_training_length", "temperature")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        values = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if values.get("rotary_fraction", "auto") != "auto":
+            values["rotary_fraction"] = float(values["rotary_fraction"])
+        return values
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,7 +138,12 @@ def validate_arguments(a: FinetuneArguments) -> None:
     need(bool(a.data), "No training data: pass at least one --data file, folder, glob or datasets name.")
     need(a.seq_length >= 2, f"--seq-length must be at least 2, got {a.seq_length}.")
     need(all(n >= 2 for n in a.eval_lengths), f"--eval-lengths must all be at least 2, got {a.eval_lengths}.")
-    need(a.eval_windows >= 1, f"--eval-windows must be at least 1, got {a.eval_windows}.")
+    need(a.eval_tokens >= 2, f"--eval-tokens must be at least 2, got {a.eval_tokens}.")
+    if a.rotary_fraction is not None and a.rotary_fraction != "auto":
+        try:
+            float(a.rotary_fraction)
+        except ValueError:
+            raise TrainingError(f"--rotary-fraction must be a number in (0, 1] or 'auto', got {a.rotary_fraction!r}.") from None
     need(0 <= a.eval_fraction < 1, f"--eval-fraction must be in [0, 1), got {a.eval_fraction}.")
     need(not (a.eval_data and a.eval_fraction), "Give either --eval-data or --eval-fraction, not both.")
     need(a.lora_r >= 1, f"--lora-r must be a positive integer, got {a.lora_r}.")
@@ -176,10 +184,10 @@ def load_base_model(args: FinetuneArguments, calibration_input_ids=None):
         model = convert_model(model, channel_selection=args.channel_selection,
                               calibration_input_ids=calibration_input_ids, **args.rope_id_parameters())
         return model, True
-    if args.rope_id_parameters() and config.model_type != "llama":
+    if args.rope_id_parameters():
         raise TrainingError(
-            f"Conversion options {sorted(args.rope_id_parameters())} apply to plain Llama checkpoints only; "
-            f"{args.model} is a {config.model_type!r} model."
+            f"Conversion options {sorted(args.rope_id_parameters())} apply only when converting a plain Llama "
+            f"checkpoint; {args.model} is a {config.model_type!r} model{' and --no-convert was given' if config.model_type == 'llama' else ''}."
         )
     return model, False
 
@@ -358,12 +366,16 @@ def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def _check_output_dir(args: FinetuneArguments) -> None:
+    out = Path(args.output_dir)
+    if args.resume_from is None and not args.force and out.exists() and any(out.iterdir()):
+        raise TrainingError(f"{out} exists and is not empty; pass --force to replace it or --resume-from to continue.")
+
+
 def _prepare_output_dir(args: FinetuneArguments, accelerator) -> Path:
     out = Path(args.output_dir)
     if accelerator.is_main_process and args.resume_from is None and out.exists() and any(out.iterdir()):
-        if not args.force:
-            raise TrainingError(f"{out} exists and is not empty; pass --force to replace it or --resume-from to continue.")
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # --force was given (checked by _check_output_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -391,7 +403,7 @@ def _trackers(args: FinetuneArguments) -> list[str]:
 
 
 def train(args: FinetuneArguments) -> dict[str, Any]:
-    """Runs (or resumes) one training run; returns a summary (final metrics and output paths)."""
+    """Runs (or resumes) one training run; returns a summary (final metrics, output paths, the trained ``model``)."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -401,12 +413,12 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
     trackers = _trackers(args)
     accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=trackers or None,
                               project_dir=args.output_dir, step_scheduler_with_optimizer=False)
+    _check_output_dir(args)
     resume_dir = resolve_resume(args)
     if resume_dir is not None:
         check_resume_compatible(json.loads((resume_dir / TRAINER_STATE).read_text())["args"], args)
-    out = _prepare_output_dir(args, accelerator)
 
-    # Data first: it is cheap to fail on, and a calibrated conversion needs a block of it.
+    # Data first: it is cheap to fail on (before output_dir is touched), and a calibrated conversion needs a block.
     with accelerator.main_process_first():
         from transformers import AutoTokenizer
 
@@ -419,7 +431,8 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
                                                 dataset_config=args.dataset_config), tokenizer, args.num_proc)
     windows_by_length = {}
     if held_out is not None:
-        windows_by_length = {n: window_tokens(held_out, n, args.eval_windows) for n in args.eval_lengths}
+        windows_by_length = {n: window_tokens(held_out, n, max(1, args.eval_tokens // n)) for n in args.eval_lengths}
+    out = _prepare_output_dir(args, accelerator)
 
     set_seed(args.seed)  # adapter initialisation is identical on every process and every run
     with accelerator.main_process_first():
@@ -436,9 +449,8 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
         base_reference = str(base_dir.resolve())
     accelerator.wait_for_everyone()
 
-    if args.activation_checkpointing:
-        model.activation_checkpointing_enable() if hasattr(model, "activation_checkpointing_enable") \
-            else model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.activation_checkpointing:  # before peft wraps the model; non-reentrant, inputs require grad
+        model.activation_checkpointing_enable()
     if args.full_finetune:
         model.requires_grad_(True)
     else:
@@ -448,8 +460,11 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
                                   weight_decay=args.weight_decay)
 
     sampler = EpochShuffleSampler(len(train_blocks), args.seed)
+    # The loader gets its own generator: starting an iterator draws from it, and a draw from the global RNG
+    # would shift the dropout masks of a resumed run (which starts one more iterator than the original).
     dataloader = torch.utils.data.DataLoader(train_blocks, batch_size=args.batch_size, sampler=sampler,
-                                             collate_fn=collate_blocks, drop_last=True)
+                                             collate_fn=collate_blocks, drop_last=True,
+                                             generator=torch.Generator().manual_seed(args.seed))
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     # Names and tensors as the prepared (possibly DDP- or FSDP-wrapped) model has them.
     trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -583,15 +598,17 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
         last_eval = run_eval(step) or last_eval
 
     result_dir = out / ("model" if args.full_finetune else "adapter")
+    # Every process takes part in gathering the weights (FSDP shards them); the main process writes them once.
+    state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         final_model = accelerator.unwrap_model(model)
         summary = {"steps": step, "final_loss": last_loss, "final_eval": last_eval, "base_model": base_reference,
-                   "converted_here": converted, "args": args.to_json()}
+                   "converted_here": converted, "processes": accelerator.num_processes, "args": args.to_json()}
 
         def write_result(tmp: Path) -> None:
             if not args.full_finetune:
                 final_model.peft_config["default"].base_model_name_or_path = base_reference
-            final_model.save_pretrained(tmp)
+            final_model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             write_json_atomic(tmp / "training_summary.json", summary)
 
@@ -600,4 +617,49 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
     if trackers:
         accelerator.end_training()
     return {"output_dir": str(out), "result_dir": str(result_dir), "base_model": base_reference, "steps": step,
-            "final_loss": last_loss, "final_eval": last_eval}
+            "final_loss": last_loss, "final_eval": last_eval, "model": accelerator.unwrap_model(model)}
+
+
+def _typer_signature():
+    """``FinetuneArguments``' fields as typer options (``--lora-r``, repeated ``--data`` ...)."""
+    import inspect
+    import typing
+
+    import typer
+
+    hints = typing.get_type_hints(FinetuneArguments)
+    parameters = []
+    for f in dataclasses.fields(FinetuneArguments):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory() or None  # typer shows an empty list as "None"
+        else:
+            default = ...  # required
+        option = typer.Option(default, help=f.metadata["help"], show_default=default not in (None, ...))
+        parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[f.name]))
+    return inspect.Signature(parameters)
+
+
+def finetune_command(**options: Any) -> None:
+    """LoRA (or full) continued training of a RoPE-ID model, or of a Llama converted on the fly."""
+    import typer
+
+    from .conversion import ConversionError
+    from .rope_id import RopeIDParameterError
+
+    try:
+        args = FinetuneArguments(**{k: v for k, v in options.items() if v is not None or k in _NULLABLE})
+        summary = train(args)
+    except (TrainingError, DataError, ConversionError, RopeIDParameterError) as error:
+        typer.secho(f"Error: {error}", err=True, fg="red")
+        raise typer.Exit(code=1) from error
+    from accelerate import PartialState
+
+    summary.pop("model")
+    if PartialState().is_main_process:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+_NULLABLE = {f.name for f in dataclasses.fields(FinetuneArguments) if f.default is None}
+finetune_command.__signature__ = _typer_signature()
