@@ -7,7 +7,13 @@ at 1x, 2x, 4x, 8x and 16x its training length, with and without training-free tr
 
 The metric is the *tail loss*: mean cross-entropy (nats per byte) of the last 64 predictions of
 each evaluation window. Windows of every length end on the same bytes of a held-out play, so the
-lengths differ only in how much earlier context the model sees.
+lengths differ only in how much earlier context the model sees. A second metric, the *copy tail
+loss*, repeats a passage of n/2 bytes and scores the repeat (long-range retrieval).
+
+Besides the paper's variants and baselines, ``rope_id_window64`` trains RoPE-ID with the option
+this benchmark found, ``rotary_window`` (keys 64 or more tokens back are scored by the unrotated
+pairs only), and evaluates it with ``far_field="log_count"``; ``rope_id+win128`` applies the window
+training-free (at W = L) to the plain RoPE-ID model.
 
 Usage (one process per core; each run writes its own JSON, the report merges all of them):
 
@@ -133,8 +139,6 @@ class ModelSpec:
     family: str  # "llama" (stock LlamaForCausalLM) or "rope_id" (LlamaRopeIDForCausalLM)
     rope: dict[str, Any] = field(default_factory=dict)
     inv_freq: str | None = None  # "zeros" (NoPE) or "neox_half" (partial rotary); llama only
-    window: int | None = None  # rope_id only: keys this far or farther are scored by unrotated pairs only
-    far_norm: bool = False  # with window: far keys share the mass they had at L (log-count bias)
 
 
 def original_half_spectrum(setup: Setup):
@@ -162,14 +166,7 @@ def build_model(spec: ModelSpec, setup: Setup):
     if spec.family == "rope_id":
         rope = {"rope_type": "rope_id", "rope_theta": setup.rope_theta, "training_length": setup.training_length,
                 "shortest_period": setup.shortest_period, **spec.rope}
-        if spec.window is not None:
-            common["attn_implementation"] = "toy_window"
-        model = LlamaRopeIDForCausalLM(RopeIDConfig(**common, rope_parameters=rope))
-        if spec.window is not None:
-            pairs = model.model.rotary_emb.parameters_.num_rotated_pairs
-            for layer in model.model.layers:
-                layer.self_attn.toy_window = (pairs, spec.window, spec.far_norm, setup.training_length)
-        return model
+        return LlamaRopeIDForCausalLM(RopeIDConfig(**common, rope_parameters=rope))
     rope = {"rope_type": "default", "rope_theta": setup.rope_theta, **spec.rope}
     model = LlamaForCausalLM(LlamaConfig(**common, rope_parameters=rope))
     if spec.inv_freq is not None:
@@ -178,46 +175,6 @@ def build_model(spec: ModelSpec, setup: Setup):
         rotary.inv_freq.copy_(new)
         rotary.original_inv_freq = new.clone()
     return model
-
-
-def windowed_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Causal attention in which keys at distance >= window lose their rotated pairs' part of the logit.
-
-    Prototype (no cache, no padding): query i and key j are at positions i and j. With far_norm,
-    far keys other than the first (the sink) get the bias -ln(max(m, M) / M), m = far keys of this
-    query, M = far keys of the last query inside L: the far field keeps the mass it had at L.
-    """
-    import torch
-    from transformers.models.llama.modeling_llama import repeat_kv
-
-    pairs, window, far_norm, training_length = module.toy_window
-    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    half = query.shape[-1] // 2
-    rotated = torch.zeros(query.shape[-1], dtype=torch.bool)
-    rotated[:pairs] = rotated[half:half + pairs] = True
-    near_scores = query[..., rotated] @ key[..., rotated].transpose(2, 3)
-    scores = query[..., ~rotated] @ key[..., ~rotated].transpose(2, 3)
-    positions = torch.arange(key.shape[2])
-    distance = positions[-query.shape[2]:, None] - positions[None, :]
-    scores = (scores + near_scores * (distance < window)) * scaling
-    if far_norm:
-        limit = training_length - 1 - window  # non-sink far keys of the last query inside L
-        far_count = (positions[-query.shape[2]:] - window).clamp(min=limit).to(scores.dtype)
-        bias = -torch.log(far_count / limit)[:, None] * ((distance >= window) & (positions[None, :] > 0))
-        scores = scores + bias
-    scores = scores.masked_fill(distance < 0, float("-inf"))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
-    return (weights @ value).transpose(1, 2).contiguous(), weights
-
-
-def register_windowed_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register("toy_window", windowed_attention)
-
-
-register_windowed_attention()
 
 
 def ntk_theta(setup: Setup, factor: float) -> float:
@@ -245,23 +202,23 @@ def rope_id(**rope) -> ModelSpec:
     return ModelSpec("rope_id", {"temperature": "none", **rope})
 
 
-def rope_id_evals(**rope) -> dict[str, EvalFn]:
-    """Every RoPE-ID-family model is evaluated without and with the per-query temperature (c = 0.1)."""
-    return {
-        "": same(rope_id(**rope)),
-        "+temp": same(rope_id(**{**rope, "temperature": "query_log", "temperature_coefficient": 0.1})),
-    }
-
-
-def window_evals(window: int, **rope) -> dict[str, EvalFn]:
-    """A rotary-window model without and with temperature and far-field normalisation."""
+def rope_id_evals(eval_window: int | None = None, **rope) -> dict[str, EvalFn]:
+    """A RoPE-ID-family model without and with the per-query temperature (c = 0.1); with ``eval_window``
+    also training-free with keys that far or farther scored by the unrotated pairs only."""
     temp = {"temperature": "query_log", "temperature_coefficient": 0.1}
-    return {
-        suffix: same(ModelSpec("rope_id", {"temperature": "none", **rope, **(temp if t else {})}, window=window,
-                               far_norm=f))
-        for suffix, t, f in [("", False, False), ("+temp", True, False), ("+farnorm", False, True),
-                             ("+farnorm+temp", True, True)]
-    }
+    evals = {"": same(rope_id(**rope)), "+temp": same(rope_id(**{**rope, **temp}))}
+    if eval_window is not None:
+        for suffix, extra in [("", {}), ("+temp", temp)]:
+            evals[f"+win{eval_window}{suffix}"] = same(rope_id(**rope, **extra, rotary_window=eval_window))
+    return evals
+
+
+def window_evals(**rope) -> dict[str, EvalFn]:
+    """A rotary_window model without and with temperature and far_field "log_count" (both 1 inside L)."""
+    temp = {"temperature": "query_log", "temperature_coefficient": 0.1}
+    far = {"far_field": "log_count"}
+    return {suffix: same(rope_id(**rope, **extra)) for suffix, extra in
+            [("", {}), ("+temp", temp), ("+farnorm", far), ("+farnorm+temp", {**far, **temp})]}
 
 
 def rope_evals() -> dict[str, EvalFn]:
@@ -291,7 +248,7 @@ VARIANTS = {
     v.name: v
     for v in [
         Variant("rope", "RoPE, theta 1e4, all channels", ModelSpec("llama"), rope_evals()),
-        Variant("rope_id", "RoPE-ID: half the pairs, periods 8..64", rope_id(), rope_id_evals()),
+        Variant("rope_id", "RoPE-ID: half the pairs, periods 8..64", rope_id(), rope_id_evals(eval_window=128)),
         Variant("p_rope", "p-RoPE: half the pairs, original frequencies", rope_id(spectrum="original"),
                 {"": same(rope_id(spectrum="original"))}),
         Variant("nope", "NoPE: no rotation (stock Llama, inv_freq zeroed)", ModelSpec("llama", inv_freq="zeros"),
@@ -301,7 +258,7 @@ VARIANTS = {
         Variant("rope_id_all", "RoPE-ID spectrum (8..64) on all pairs", rope_id(rotary_fraction=1.0),
                 rope_id_evals(rotary_fraction=1.0)),
         Variant("rope_id_window64", "RoPE-ID; keys 64+ tokens away scored by the unrotated pairs only",
-                ModelSpec("rope_id", {"temperature": "none"}, window=64), window_evals(64)),
+                rope_id(rotary_window=64), window_evals(rotary_window=64)),
     ]
 }
 
@@ -376,17 +333,45 @@ def tail_losses(model, setup: Setup, n: int, held_out: bytes) -> float:
     return float(torch.stack(losses).mean())
 
 
-def evaluate(variant: Variant, trained, setup: Setup, held_out: bytes, progress: bool = True) -> dict[str, dict]:
+COPY_WINDOWS = 8
+
+
+def copy_tail_losses(model, setup: Setup, n: int, held_out: bytes) -> float:
+    """Long-range retrieval probe: each window is a passage of n/2 bytes written twice; the loss of the
+    last ``tail`` bytes (which appeared exactly n/2 bytes earlier) is near 0 if the model can copy from
+    that far back, and near the ordinary loss if it cannot."""
+    import torch
+
+    data = torch.frombuffer(bytearray(held_out), dtype=torch.uint8).long()
+    half = n // 2
+    starts = [((len(data) - half) * i) // COPY_WINDOWS for i in range(COPY_WINDOWS)]
+    losses = []
+    with torch.no_grad():
+        for start in starts:
+            passage = data[start:start + half]
+            chunk = torch.cat([passage, passage])[None]
+            logits = model(input_ids=with_bos(chunk[:, :-1])).logits[0, -setup.tail:]
+            losses.append(torch.nn.functional.cross_entropy(logits.float(), chunk[0, -setup.tail:]))
+    return float(torch.stack(losses).mean())
+
+
+def evaluate(
+    variant: Variant, trained, setup: Setup, held_out: bytes, progress: bool = True
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(tail loss, copy tail loss), each {eval name: {length: loss}}."""
     from tqdm import tqdm
 
     state = trained.state_dict()
-    results: dict[str, dict] = {}
+    tail: dict[str, dict] = {}
+    copy: dict[str, dict] = {}
     jobs = [(name, n) for name in variant.evals for n in setup.lengths]
     for name, n in tqdm(jobs, desc=f"eval {variant.name}", disable=not progress, mininterval=5):
         model = build_model(variant.evals[name](setup, n), setup)
         model.load_state_dict(state)
-        results.setdefault(variant.name + name, {})[str(n)] = tail_losses(model.eval(), setup, n, held_out)
-    return results
+        model.eval()
+        tail.setdefault(variant.name + name, {})[str(n)] = tail_losses(model, setup, n, held_out)
+        copy.setdefault(variant.name + name, {})[str(n)] = copy_tail_losses(model, setup, n, held_out)
+    return tail, copy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,11 +390,20 @@ def run_path(out: Path, variant: str, seed: int) -> Path:
     return out / "runs" / f"{variant}_seed{seed}.json"
 
 
-def run_one(variant: Variant, setup: Setup, seed: int, out: Path, force: bool, progress: bool = True) -> dict:
+def run_one(
+    variant: Variant, setup: Setup, seed: int, out: Path, force: bool = False, progress: bool = True,
+    texts: tuple[bytes, bytes] | None = None, checkpoint_dir: Path | None = None, reeval: bool = False,
+) -> dict:
+    """Trains and evaluates one (variant, seed) and writes ``out/runs/<variant>_seed<seed>.json``.
+
+    ``texts`` (training bytes, held-out bytes) defaults to the Shakespeare split. With
+    ``checkpoint_dir`` the trained weights are kept there, and ``reeval`` re-runs only the
+    evaluation of a run whose weights are kept (after adding evaluations to a variant).
+    """
     import torch
 
     path = run_path(out, variant.name, seed)
-    if path.exists() and not force:
+    if path.exists() and not force and not reeval:
         record = json.loads(path.read_text())
         if record["setup"] != json.loads(json.dumps(asdict(setup))):
             raise typer.BadParameter(
@@ -419,24 +413,50 @@ def run_one(variant: Variant, setup: Setup, seed: int, out: Path, force: bool, p
         print(f"{path} exists with the same settings; reusing it (--force retrains).")
         return record
     torch.set_num_threads(1)
-    train_bytes, held_out = split_text()
-    model, curve, step_seconds = train(variant, setup, seed, train_bytes, progress)
+    train_bytes, held_out = texts or split_text()
+    checkpoint = checkpoint_dir / f"{variant.name}_seed{seed}_{setup_key(setup)}.pt" if checkpoint_dir else None
+    if reeval and checkpoint is not None and checkpoint.exists() and path.exists():
+        record = json.loads(path.read_text())
+        model = build_model(variant.train, setup)
+        model.load_state_dict(torch.load(checkpoint))
+        curve, step_seconds = record["train_curve"], record["seconds_per_step"]
+        print(f"Re-evaluating {checkpoint} (training not repeated).")
+    else:
+        model, curve, step_seconds = train(variant, setup, seed, train_bytes, progress)
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), checkpoint)
     start = time.perf_counter()
-    results = evaluate(variant, model, setup, held_out, progress)
+    tail, copy = evaluate(variant, model, setup, held_out, progress)
     record = {
         "variant": variant.name, "description": variant.description, "seed": seed, "setup": asdict(setup),
         "train_curve": curve, "seconds_per_step": step_seconds, "eval_seconds": time.perf_counter() - start,
-        "tail_loss": results, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "tail_loss": tail, "copy_tail_loss": copy, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     write_atomic(path, json.dumps(record, indent=1))
     return record
 
 
-def aggregate(records: list[dict]) -> dict[str, dict]:
+def setup_key(setup: Setup) -> str:
+    """Short digest of the settings, so a checkpoint is never reused under other settings."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(asdict(setup), sort_keys=True).encode()).hexdigest()[:10]
+
+
+METRICS = {
+    "tail_loss": "tail loss: mean cross-entropy (nats/byte) of the last {tail} bytes of {windows} held-out windows "
+                 "({play}) per length, windows end-aligned across lengths",
+    "copy_tail_loss": "copy tail loss: the same on {copy} windows made of a passage of n/2 bytes written twice "
+                      "(long-range retrieval: near 0 if the model copies from n/2 bytes back)",
+}
+
+
+def aggregate(records: list[dict], metric: str) -> dict[str, dict]:
     """{eval name: {"seeds": [...], "mean": {n: x}, "std": {n: x}, "min":..., "max":...}} over seeds."""
     by_eval: dict[str, dict[int, dict[str, float]]] = {}
     for record in records:
-        for name, losses in record["tail_loss"].items():
+        for name, losses in record.get(metric, {}).items():
             by_eval.setdefault(name, {})[record["seed"]] = losses
     table = {}
     for name, per_seed in by_eval.items():
@@ -453,42 +473,44 @@ def aggregate(records: list[dict]) -> dict[str, dict]:
 
 
 def markdown_table(table: dict[str, dict], setup: Setup) -> str:
-    L = setup.training_length
-    head = "| model | seeds | " + " | ".join(f"{int(n) // L}x ({n})" for n in map(str, setup.lengths)) + " |"
-    lines = [head, "|" + "---|" * (2 + len(setup.lengths))]
+    L, lengths = setup.training_length, [str(n) for n in setup.lengths]
+    head = "| model | seeds | " + " | ".join(f"{int(n) // L}x ({n})" for n in lengths) + " | last / 1x |"
+    lines = [head, "|" + "---|" * (3 + len(lengths))]
     for name, row in table.items():
-        cells = [
-            f"{row['mean'][str(n)]:.3f} ± {row['std'][str(n)]:.3f}" if str(n) in row["mean"] else "-"
-            for n in setup.lengths
-        ]
+        cells = [f"{row['mean'][n]:.3f} ± {row['std'][n]:.3f}" if n in row["mean"] else "-" for n in lengths]
+        ratio = row["mean"][lengths[-1]] / row["mean"][lengths[0]] - 1 if lengths[-1] in row["mean"] else None
+        cells.append(f"{ratio:+.1%}" if ratio is not None else "-")
         lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
+def plot(tables: dict[str, dict], setup: Setup, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, row in table.items():
-        xs = [int(n) for n in row["mean"]]
-        ys = [row["mean"][str(x)] for x in xs]
-        lo = [row["min"][str(x)] for x in xs]
-        hi = [row["max"][str(x)] for x in xs]
-        (line,) = ax.plot(xs, ys, marker="o", label=f"{name} ({len(row['seeds'])} seeds)")
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(setup.lengths, [f"{n}\n({n // setup.training_length}x)" for n in setup.lengths])
-    ax.axvline(setup.training_length, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("evaluation window length (tokens)")
-    ax.set_ylabel(f"loss of the last {setup.tail} bytes (nats/byte)")
-    ax.set_title(f"Byte-level Llamas trained at L = {setup.training_length}; mean over seeds, band = min..max")
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 6), squeeze=False)
+    for ax, (metric, table) in zip(axes[0], tables.items()):
+        for name, row in table.items():
+            xs = [int(n) for n in row["mean"]]
+            ys = [row["mean"][str(x)] for x in xs]
+            lo = [row["min"][str(x)] for x in xs]
+            hi = [row["max"][str(x)] for x in xs]
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{name} ({len(row['seeds'])})")
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(setup.lengths, [f"{n}\n({n // setup.training_length}x)" for n in setup.lengths])
+        ax.axvline(setup.training_length, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("evaluation window length (tokens)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (nats/byte)")
+        ax.set_ylim(top=min(4.5, ax.get_ylim()[1]))
+        ax.set_title(metric.replace("_", " "))
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: mean over seeds (n), band = min..max")
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
-        fig.savefig(tmp.name, dpi=110)
+        fig.savefig(tmp.name, dpi=100)
     plt.close(fig)
     Path(tmp.name).replace(path)
 
@@ -502,18 +524,19 @@ def write_report(out: Path, setup: Setup) -> dict:
     records = [r for r in records if r["setup"] == json.loads(json.dumps(asdict(setup)))]
     order = {name: i for i, name in enumerate(VARIANTS)}
     records.sort(key=lambda r: (order.get(r["variant"], len(order)), r["variant"], r["seed"]))
-    table = aggregate(records)
+    tables = {metric: aggregate(records, metric) for metric in METRICS}
+    tables = {metric: table for metric, table in tables.items() if table}
+    meaning = {m: METRICS[m].format(tail=setup.tail, windows=setup.eval_windows, play=HELD_OUT_PLAY, copy=COPY_WINDOWS)
+               for m in tables}
     summary = {
-        "setup": asdict(setup),
-        "metric": f"mean cross-entropy (nats/byte) of the last {setup.tail} bytes of {setup.eval_windows} "
-                  f"held-out windows ({HELD_OUT_PLAY}) per length, windows end-aligned across lengths",
-        "table": table,
+        "setup": asdict(setup), "metrics": meaning, "tables": tables,
         "runs": [{k: r[k] for k in ("variant", "seed", "seconds_per_step", "eval_seconds", "command")} for r in records],
     }
+    markdown = "".join(f"{meaning[m][0].upper() + meaning[m][1:]}; mean ± std over seeds.\n\n"
+                       + markdown_table(tables[m], setup) + "\n" for m in tables)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
-    write_atomic(out / "results.md", f"Tail loss, mean ± std over seeds ({summary['metric']}).\n\n"
-                 + markdown_table(table, setup))
-    plot(table, setup, out / "loss_vs_length.png")
+    write_atomic(out / "results.md", markdown)
+    plot(tables, setup, out / "loss_vs_length.png")
     return summary
 
 
@@ -529,6 +552,8 @@ def main(
     eval_windows: int = typer.Option(Setup.eval_windows, help="Held-out windows per evaluation length."),
     force: bool = typer.Option(False, help="Retrain runs whose JSON already exists."),
     report_only: bool = typer.Option(False, help="Only merge existing runs into the report."),
+    checkpoints: Path = typer.Option(CACHE_DIR / "toy_checkpoints", help="Where trained weights are kept."),
+    reeval: bool = typer.Option(False, help="Re-run only the evaluations of runs whose weights are kept."),
 ) -> None:
     """Train the chosen variants for every seed, evaluate them to 16x L, and write the report."""
     names = [v.strip() for v in variants.split(",") if v.strip()]
@@ -545,9 +570,9 @@ def main(
     if not report_only:
         for name in names:
             for seed in seed_list:
-                run_one(VARIANTS[name], setup, seed, out, force)
+                run_one(VARIANTS[name], setup, seed, out, force, checkpoint_dir=checkpoints, reeval=reeval)
     summary = write_report(out, setup)
-    print(markdown_table(summary["table"], setup))
+    print((out / "results.md").read_text())
 
 
 if __name__ == "__main__":
