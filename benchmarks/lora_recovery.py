@@ -7,8 +7,10 @@ gets the same LoRA run (same data, order, seed, steps, schedule) through ``hf_ro
 - ``original_auto``: the minimal change, the original frequencies that already turn twice inside
   L = 8192 keep rotating, the rest are unrotated (19 of 32 pairs on SmolLM2);
 - ``paper``: the paper's spectrum (half the pairs, periods 32 .. L/2);
-- ``minimal``: half the pairs, original frequencies kept where they turn twice inside L, the
-  slower tail re-spaced.
+- ``minimal``: spectrum "minimal" at rotary fraction 1/2. On SmolLM2 all 16 fastest original
+  frequencies already turn twice inside L, so this is exactly p-RoPE 16/32 (nothing re-spaced);
+- ``default``: the converter's default (spectrum "minimal", rotary fraction "auto:0.5": 22/32 pairs,
+  19 original frequencies kept, the 3 slower ones re-spaced to two turns inside L).
 
 Training text: the King James Bible (one document per book) and the CPython standard library's
 top-level modules. Held-out text, from another source: Hamlet. Perplexity at several lengths is
@@ -38,12 +40,14 @@ STRATEGIES = {
     "original_auto": {"spectrum": "original", "rotary_fraction": "auto"},
     "paper": {"spectrum": "rope_id", "rotary_fraction": "0.5"},
     "minimal": {"spectrum": "minimal", "rotary_fraction": "0.5"},
+    "default": {"spectrum": "minimal", "rotary_fraction": "auto:0.5"},
 }
 LABELS = {
     "control": "control: original + LoRA",
     "original_auto": "minimal change (original spectrum, 19/32)",
     "paper": "paper spectrum (1/2)",
-    "minimal": "'minimal' spectrum (1/2)",
+    "minimal": "p-RoPE 16/32 ('minimal' at 1/2)",
+    "default": "converter default ('minimal', 22/32)",
 }
 
 
