@@ -166,6 +166,22 @@ def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfi
     return RopeIDConfig.from_llama_config(source_config, **params)
 
 
+def parse_rotary_fraction(value: str | float | None) -> float | str | None:
+    """A rotary fraction as users type it: a number, ``"auto"`` or ``"auto:T"`` (kept as text)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if value.startswith("auto"):
+        parse_auto_turns(value, 2.0)  # syntax check only; the turns are resolved against the model later
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise RopeIDParameterError(
+            f"rotary_fraction {value!r} is not understood; give a number in (0, 1] such as 0.5, 'auto' (pairs "
+            "whose original frequency completes turns_per_training_length turns inside L) or 'auto:T'."
+        ) from None
+
+
 def parse_auto_turns(value: str, turns_per_training_length: float) -> float:
     """Turns of ``"auto"`` (``turns_per_training_length``) or ``"auto:T"`` (``T``)."""
     if value == "auto":

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from .conversion import parse_rotary_fraction
+
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_LICENSE = "apache-2.0"
 
@@ -17,12 +19,10 @@ def _fail(error: Exception) -> typer.Exit:
 
 
 def _rotary_fraction(value: str | None) -> float | str | None:
-    if value is None or value.startswith("auto"):
-        return value  # "auto" / "auto:T", checked by the library
     try:
-        return float(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither 'auto', 'auto:T' nor a number such as 0.5") from None
+        return parse_rotary_fraction(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def _lengths(value: str) -> tuple[int, ...]:

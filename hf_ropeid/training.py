@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .conversion import parse_rotary_fraction
 from .data import DataError, DataSource, build_training_blocks, load_held_out, window_tokens
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ class FinetuneArguments:
     def rope_id_parameters(self) -> dict[str, Any]:
         keys = ("spectrum", "rotary_fraction", "training_length", "shortest_period", "turns_per_training_length", "temperature")
         values = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        if values.get("rotary_fraction", "auto") != "auto":
-            values["rotary_fraction"] = float(values["rotary_fraction"])
+        if "rotary_fraction" in values:
+            values["rotary_fraction"] = parse_rotary_fraction(values["rotary_fraction"])
         return values
 
     def to_json(self) -> dict[str, Any]:
@@ -139,11 +140,10 @@ def validate_arguments(a: FinetuneArguments) -> None:
     need(a.seq_length >= 2, f"--seq-length must be at least 2, got {a.seq_length}.")
     need(all(n >= 2 for n in a.eval_lengths), f"--eval-lengths must all be at least 2, got {a.eval_lengths}.")
     need(a.eval_tokens >= 2, f"--eval-tokens must be at least 2, got {a.eval_tokens}.")
-    if a.rotary_fraction is not None and a.rotary_fraction != "auto":
-        try:
-            float(a.rotary_fraction)
-        except ValueError:
-            raise TrainingError(f"--rotary-fraction must be a number in (0, 1] or 'auto', got {a.rotary_fraction!r}.") from None
+    try:
+        parse_rotary_fraction(a.rotary_fraction)
+    except ValueError as err:
+        raise TrainingError(f"--rotary-fraction: {err}") from None
     need(0 <= a.eval_fraction < 1, f"--eval-fraction must be in [0, 1), got {a.eval_fraction}.")
     need(not (a.eval_data and a.eval_fraction), "Give either --eval-data or --eval-fraction, not both.")
     need(a.lora_r >= 1, f"--lora-r must be a positive integer, got {a.lora_r}.")
