@@ -383,6 +383,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
         tmp.write(text.encode() if isinstance(text, str) else text)
+    os.chmod(tmp.name, 0o644)
     Path(tmp.name).replace(path)
 
 
@@ -484,34 +485,41 @@ def markdown_table(table: dict[str, dict], setup: Setup) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(tables: dict[str, dict], setup: Setup, path: Path) -> None:
+def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
+    """Tail loss vs length, every model (left) and zoomed on those that stay near their 1x loss (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(7 * len(tables), 6), squeeze=False)
-    for ax, (metric, table) in zip(axes[0], tables.items()):
-        for name, row in table.items():
+    colors = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
+    for ax, top in zip(axes, (None, 2.3)):
+        for i, (name, row) in enumerate(table.items()):
             xs = [int(n) for n in row["mean"]]
             ys = [row["mean"][str(x)] for x in xs]
             lo = [row["min"][str(x)] for x in xs]
             hi = [row["max"][str(x)] for x in xs]
-            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{name} ({len(row['seeds'])})")
-            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+            style = "--" if "temp" in name else "-"
+            ax.plot(xs, ys, style, marker="o", markersize=3, color=colors[i % 20],
+                    label=f"{name} ({len(row['seeds'])})")
+            ax.fill_between(xs, lo, hi, color=colors[i % 20], alpha=0.12)
         ax.set_xscale("log", base=2)
         ax.set_xticks(setup.lengths, [f"{n}\n({n // setup.training_length}x)" for n in setup.lengths])
         ax.axvline(setup.training_length, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("evaluation window length (tokens)")
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (nats/byte)")
-        ax.set_ylim(top=min(4.5, ax.get_ylim()[1]))
-        ax.set_title(metric.replace("_", " "))
-        ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: mean over seeds (n), band = min..max")
+        ax.set_ylabel(f"loss of the last {setup.tail} bytes (nats/byte)")
+        if top is not None:
+            ax.set_ylim(1.5, top)
+            ax.set_title("zoom")
+    axes[0].legend(fontsize=6.5, ncol=2)
+    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: tail loss, mean over (n) seeds, "
+                 "band = min..max, dashed = with temperature")
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
         fig.savefig(tmp.name, dpi=100)
     plt.close(fig)
+    os.chmod(tmp.name, 0o644)
     Path(tmp.name).replace(path)
 
 
@@ -536,7 +544,7 @@ def write_report(out: Path, setup: Setup) -> dict:
                        + markdown_table(tables[m], setup) + "\n" for m in tables)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
     write_atomic(out / "results.md", markdown)
-    plot(tables, setup, out / "loss_vs_length.png")
+    plot(tables["tail_loss"], setup, out / "loss_vs_length.png")
     return summary
 
 

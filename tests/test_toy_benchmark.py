@@ -1,0 +1,70 @@
+"""Smoke test of benchmarks/toy_length_generalization.py: a few training steps on a tiny config."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_length_generalization.py"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    spec = importlib.util.spec_from_file_location("toy_length_generalization", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_setup(toy, **overrides):
+    values = dict(layers=1, width=32, heads=2, intermediate=64, training_length=128, steps=6, batch=4, lr=1e-2,
+                  warmup=1, multiples=(1, 2), tail=8, eval_windows=2, shortest_period=4.0)
+    return toy.Setup(**{**values, **overrides})
+
+
+def synthetic_texts():
+    """Offline stand-in for Shakespeare: a few hundred lines of lowercase words."""
+    words = [b"to", b"be", b"or", b"not", b"that", b"is", b"the", b"question", b"whether", b"tis", b"nobler"]
+    lines = [b" ".join(words[(i * 7 + k) % len(words)] for k in range(8)) for i in range(400)]
+    text = b"\n".join(lines)
+    return text[:12_000], text[12_000:]
+
+
+@pytest.mark.parametrize("variant", ["rope", "rope_id", "nope", "rope_id_window64"])
+def test_run_writes_finite_losses_that_fall(toy, tmp_path, variant):
+    setup = tiny_setup(toy)
+    record = toy.run_one(toy.VARIANTS[variant], setup, seed=0, out=tmp_path, progress=False, texts=synthetic_texts())
+
+    saved = json.loads((tmp_path / "runs" / f"{variant}_seed0.json").read_text())
+    assert saved["tail_loss"] == record["tail_loss"]
+    assert set(saved["tail_loss"]) == {variant + suffix for suffix in toy.VARIANTS[variant].evals}
+    assert set(saved["copy_tail_loss"]) == set(saved["tail_loss"])
+    for losses in [*saved["tail_loss"].values(), *saved["copy_tail_loss"].values()]:
+        assert sorted(losses, key=int) == ["128", "256"]
+        assert all(math.isfinite(x) and 0 < x < 10 for x in losses.values())
+    (first_step, first), (last_step, last) = saved["train_curve"][0], saved["train_curve"][-1]
+    assert (first_step, last_step) == (0, setup.steps - 1)
+    assert last < first - 0.3  # it learns (5.6 nats/byte is the untrained loss)
+
+
+def test_report_merges_seeds_and_refuses_other_settings(toy, tmp_path):
+    setup = tiny_setup(toy, steps=2)
+    texts = synthetic_texts()
+    for seed in (0, 1):
+        toy.run_one(toy.VARIANTS["rope_id"], setup, seed=seed, out=tmp_path, progress=False, texts=texts)
+    summary = toy.write_report(tmp_path, setup)
+
+    row = summary["tables"]["tail_loss"]["rope_id+temp"]
+    assert row["seeds"] == [0, 1]
+    assert row["min"]["256"] <= row["mean"]["256"] <= row["max"]["256"]
+    assert (tmp_path / "loss_vs_length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| rope_id+temp | 2 |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(Exception, match="--force"):
+        toy.run_one(toy.VARIANTS["rope_id"], tiny_setup(toy, steps=3), seed=0, out=tmp_path, progress=False,
+                    texts=texts)
