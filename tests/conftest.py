@@ -13,6 +13,19 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import hf_ropeid  # noqa: F401  (registers the rope type and Auto classes)
 
+# Prepended to code run in a child Python: makes `import hf_ropeid` fail there, as on a machine
+# without the package, so remote-code loading is tested for real.
+HIDE_PACKAGE = """
+import sys
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_ropeid" or name.startswith("hf_ropeid."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
+        return None
+sys.meta_path.insert(0, _Hide())
+sys.path = [p for p in sys.path if "hf_ropeid" not in p]
+"""
+
 TINY = dict(
     vocab_size=260,
     hidden_size=64,

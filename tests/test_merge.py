@@ -11,23 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import HIDE_PACKAGE
 from test_training import arguments, save_rope_id_base, write_corpus
 from typer.testing import CliRunner
 
 from hf_ropeid.merge import MergeError, merge_adapter
 from hf_ropeid.training import train
 
-HIDE_PACKAGE = textwrap.dedent(
-    """
-    import sys
-    class _Hide:
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_ropeid" or name.startswith("hf_ropeid."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-    sys.meta_path.insert(0, _Hide())
-    """
-)
 
 
 @pytest.fixture(scope="module")

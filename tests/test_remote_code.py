@@ -11,22 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import HIDE_PACKAGE, tiny_llama
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
 
-# Makes `import hf_ropeid` fail inside the child, as on a machine without the package.
-HIDE_PACKAGE = textwrap.dedent(
-    """
-    import sys
-    class _Hide:
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_ropeid" or name.startswith("hf_ropeid."):
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)")
-            return None
-    sys.meta_path.insert(0, _Hide())
-    sys.path = [p for p in sys.path if "hf_ropeid" not in p]
-    """
-)
 
 
 def run_hidden(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
