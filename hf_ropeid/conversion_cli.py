@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .conversion import parse_rotary_fraction
+from .evaluation import parse_int_list
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_LICENSE = "apache-2.0"
@@ -26,10 +27,7 @@ def _rotary_fraction(value: str | None) -> float | str | None:
 
 
 def _lengths(value: str) -> tuple[int, ...]:
-    try:
-        lengths = tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a comma-separated list of token counts such as 256,1024,2048") from None
+    lengths = tuple(parse_int_list(value, "--verify-lengths"))
     if not lengths or min(lengths) < 2:
         raise typer.BadParameter("give at least one length of 2 tokens or more")
     return lengths

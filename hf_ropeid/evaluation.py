@@ -592,7 +592,8 @@ def write_lm_eval_tasks(
 # Command line
 
 
-def _int_list(value: str | None, what: str) -> list[int]:
+def parse_int_list(value: str | None, what: str) -> list[int]:
+    """A CLI option like ``256,512,1024`` as ints (empty for no value); BadParameter otherwise."""
     if not value:
         return []
     try:
@@ -668,7 +669,7 @@ def eval_command(
     if out.exists() and not force:
         raise typer.BadParameter(f"{out} already exists; choose another --out or pass --force.", param_hint="--out")
     settings = EvalSettings(
-        lengths=_int_list(lengths, "--lengths"),
+        lengths=parse_int_list(lengths, "--lengths"),
         variants=_name_list(baselines, VARIANTS, "baselines"),
         training_length=training_length,
         tokens_per_length=tokens_per_length,
@@ -682,8 +683,8 @@ def eval_command(
         retrieval_samples=samples,
         needles=needles,
         diagnostics=diagnostics,
-        diagnostic_layers=_int_list(layers, "--layers") or None,
-        diagnostic_heads=_int_list(heads, "--heads") or None,
+        diagnostic_layers=parse_int_list(layers, "--layers") or None,
+        diagnostic_heads=parse_int_list(heads, "--heads") or None,
         diagnostic_queries=diagnostic_queries,
         seed=seed,
     )
