@@ -192,6 +192,9 @@ class Variant:
     description: str
     train: ModelSpec
     evals: dict[str, EvalFn]
+    # Share of training windows given a planted repeat (see plant_repeats), so that the model learns to
+    # copy; 0 for the plain text variants. Copy-trained variants are compared only with each other.
+    copy_fraction: float = 0.0
 
 
 def same(spec: ModelSpec) -> EvalFn:
@@ -244,6 +247,8 @@ def rope_evals() -> dict[str, EvalFn]:
     }
 
 
+COPY_FRACTION = 0.25
+
 VARIANTS = {
     v.name: v
     for v in [
@@ -259,6 +264,19 @@ VARIANTS = {
                 rope_id_evals(rotary_fraction=1.0)),
         Variant("rope_id_window64", "RoPE-ID; keys 64+ tokens away scored by the unrotated pairs only",
                 rope_id(rotary_window=64), window_evals(rotary_window=64)),
+        Variant("p_rope_window64", "p-RoPE (original frequencies in half the pairs); keys 64+ tokens away scored "
+                "by the unrotated pairs only", rope_id(spectrum="original", rotary_window=64),
+                window_evals(spectrum="original", rotary_window=64)),
+        # The same models trained to copy: COPY_FRACTION of the training windows repeat a span of 16..48
+        # bytes at a distance of up to L - 16, so every model learns to retrieve inside L. The copy probes
+        # then show whether retrieval still works from 2x..16x L away.
+        Variant("rope_copy", "RoPE, copy-trained", ModelSpec("llama"), rope_evals(), COPY_FRACTION),
+        Variant("rope_id_copy", "RoPE-ID, copy-trained", rope_id(), rope_id_evals(eval_window=128), COPY_FRACTION),
+        Variant("rope_id_window64_copy", "RoPE-ID + rotary_window 64, copy-trained", rope_id(rotary_window=64),
+                window_evals(rotary_window=64), COPY_FRACTION),
+        Variant("p_rope_window64_copy", "p-RoPE + rotary_window 64, copy-trained",
+                rope_id(spectrum="original", rotary_window=64), window_evals(spectrum="original", rotary_window=64),
+                COPY_FRACTION),
     ]
 }
 
@@ -281,6 +299,25 @@ def with_bos(chunks):
     return torch.cat([torch.full((chunks.shape[0], 1), BOS, dtype=torch.long), chunks], dim=1)
 
 
+def plant_repeats(chunk, fraction: float, generator, shortest: int = 16, longest: int = 48):
+    """Copies a span of ``shortest``..``longest`` bytes to a later place in a ``fraction`` of the rows (in place).
+
+    The copy starts at least one span length after the source and ends inside the row, so copy distances run
+    from the span length to L - span: every distance a model is asked to retrieve from is inside L.
+    """
+    import torch
+
+    rows, length = chunk.shape
+    for row in range(rows):
+        if torch.rand((), generator=generator).item() >= fraction:
+            continue
+        span = int(torch.randint(shortest, longest + 1, (), generator=generator))
+        source = int(torch.randint(0, length - 2 * span + 1, (), generator=generator))
+        target = int(torch.randint(source + span, length - span + 1, (), generator=generator))
+        chunk[row, target:target + span] = chunk[row, source:source + span].clone()
+    return chunk
+
+
 def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progress: bool = True):
     """Returns (trained model, [(step, loss), ...], seconds per step). Same data order for every variant."""
     import torch
@@ -290,6 +327,7 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
     torch.manual_seed(seed)  # same initial weights for every variant (same parameter shapes)
     model = build_model(variant.train, setup).train()
     batches = torch.Generator().manual_seed(10_000 + seed)
+    repeats = torch.Generator().manual_seed(20_000 + seed)  # its own stream: the text batches stay the same
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=(0.9, 0.95), weight_decay=setup.weight_decay)
     L = setup.training_length
     curve, start = [], time.perf_counter()
@@ -297,6 +335,8 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
     for step in bar:
         starts = torch.randint(0, len(data) - L, (setup.batch,), generator=batches)
         chunk = data[starts[:, None] + torch.arange(L)]  # L bytes: inputs are BOS + first L-1
+        if variant.copy_fraction:
+            chunk = plant_repeats(chunk, variant.copy_fraction, repeats)
         inputs = with_bos(chunk[:, :-1])
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), chunk.reshape(-1))
@@ -355,23 +395,44 @@ def copy_tail_losses(model, setup: Setup, n: int, held_out: bytes) -> float:
     return float(torch.stack(losses).mean())
 
 
+NEEDLE_TAIL, NEEDLE_PREFIX, NEEDLE_WINDOWS = 32, 16, 16
+
+
+def needle_copy_losses(model, setup: Setup, n: int, held_out: bytes) -> float:
+    """Needle probe: in each held-out window of n bytes, the last 48 bytes are replaced by the window's first
+    48 bytes, so the answer sits once, n - 48 bytes back, behind unrelated text. The loss of the last 32 bytes
+    (after 16 bytes that let the model locate the needle) is near 0 if the model retrieves it, and near the
+    tail loss if it cannot. At n = 128 the needle is 80 bytes back, well inside L = 128."""
+    import torch
+
+    data = torch.frombuffer(bytearray(held_out), dtype=torch.uint8).long()
+    span = NEEDLE_TAIL + NEEDLE_PREFIX
+    losses = []
+    with torch.no_grad():
+        for end in eval_ends(setup, len(data))[:NEEDLE_WINDOWS]:
+            chunk = data[end - n:end].clone()
+            chunk[-span:] = chunk[:span].clone()
+            logits = model(input_ids=with_bos(chunk[None, :-1])).logits[0, -NEEDLE_TAIL:]
+            losses.append(torch.nn.functional.cross_entropy(logits.float(), chunk[-NEEDLE_TAIL:]))
+    return float(torch.stack(losses).mean())
+
+
 def evaluate(
     variant: Variant, trained, setup: Setup, held_out: bytes, progress: bool = True
-) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(tail loss, copy tail loss), each {eval name: {length: loss}}."""
+) -> dict[str, dict[str, dict]]:
+    """{metric: {eval name: {length: loss}}} for every metric of METRICS."""
     from tqdm import tqdm
 
     state = trained.state_dict()
-    tail: dict[str, dict] = {}
-    copy: dict[str, dict] = {}
+    results: dict[str, dict[str, dict]] = {metric: {} for metric in METRICS}
     jobs = [(name, n) for name in variant.evals for n in setup.lengths]
     for name, n in tqdm(jobs, desc=f"eval {variant.name}", disable=not progress, mininterval=5):
         model = build_model(variant.evals[name](setup, n), setup)
         model.load_state_dict(state)
         model.eval()
-        tail.setdefault(variant.name + name, {})[str(n)] = tail_losses(model, setup, n, held_out)
-        copy.setdefault(variant.name + name, {})[str(n)] = copy_tail_losses(model, setup, n, held_out)
-    return tail, copy
+        for metric, measure in METRIC_FUNCTIONS.items():
+            results[metric].setdefault(variant.name + name, {})[str(n)] = measure(model, setup, n, held_out)
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,11 +489,12 @@ def run_one(
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), checkpoint)
     start = time.perf_counter()
-    tail, copy = evaluate(variant, model, setup, held_out, progress)
+    results = evaluate(variant, model, setup, held_out, progress)
     record = {
         "variant": variant.name, "description": variant.description, "seed": seed, "setup": asdict(setup),
-        "train_curve": curve, "seconds_per_step": step_seconds, "eval_seconds": time.perf_counter() - start,
-        "tail_loss": tail, "copy_tail_loss": copy, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "copy_fraction": variant.copy_fraction, "train_curve": curve, "seconds_per_step": step_seconds,
+        "eval_seconds": time.perf_counter() - start, **results,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     write_atomic(path, json.dumps(record, indent=1))
     return record
@@ -450,7 +512,12 @@ METRICS = {
                  "({play}) per length, windows end-aligned across lengths",
     "copy_tail_loss": "copy tail loss: the same on {copy} windows made of a passage of n/2 bytes written twice "
                       "(long-range retrieval: near 0 if the model copies from n/2 bytes back)",
+    "needle_copy_loss": "needle copy loss: loss of the last 32 bytes of 16 held-out windows whose last 48 bytes "
+                        "repeat the window's first 48 (one needle n - 48 bytes back among unrelated text; near 0 "
+                        "if the model retrieves it)",
 }
+METRIC_FUNCTIONS = {"tail_loss": tail_losses, "copy_tail_loss": copy_tail_losses,
+                    "needle_copy_loss": needle_copy_losses}
 
 
 def aggregate(records: list[dict], metric: str) -> dict[str, dict]:
@@ -485,8 +552,9 @@ def markdown_table(table: dict[str, dict], setup: Setup) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
-    """Tail loss vs length, every model (left) and zoomed on those that stay near their 1x loss (right)."""
+def plot(table: dict[str, dict], setup: Setup, path: Path, ylabel: str | None = None, zoom: tuple | None = (1.5, 2.3),
+         title: str = "tail loss") -> None:
+    """Loss vs length, every model (left) and zoomed on those that stay near their 1x loss (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -494,7 +562,7 @@ def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
 
     colors = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    for ax, top in zip(axes, (None, 2.3)):
+    for ax, limits in zip(axes, (None, zoom)):
         for i, (name, row) in enumerate(table.items()):
             xs = [int(n) for n in row["mean"]]
             ys = [row["mean"][str(x)] for x in xs]
@@ -508,12 +576,12 @@ def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
         ax.set_xticks(setup.lengths, [f"{n}\n({n // setup.training_length}x)" for n in setup.lengths])
         ax.axvline(setup.training_length, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("evaluation window length (tokens)")
-        ax.set_ylabel(f"loss of the last {setup.tail} bytes (nats/byte)")
-        if top is not None:
-            ax.set_ylim(1.5, top)
+        ax.set_ylabel(ylabel or f"loss of the last {setup.tail} bytes (nats/byte)")
+        if limits is not None:
+            ax.set_ylim(*limits)
             ax.set_title("zoom")
     axes[0].legend(fontsize=6.5, ncol=2)
-    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: tail loss, mean over (n) seeds, "
+    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: {title}, mean over (n) seeds, "
                  "band = min..max, dashed = with temperature")
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
@@ -544,7 +612,16 @@ def write_report(out: Path, setup: Setup) -> dict:
                        + markdown_table(tables[m], setup) + "\n" for m in tables)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
     write_atomic(out / "results.md", markdown)
-    plot(tables["tail_loss"], setup, out / "loss_vs_length.png")
+    copy_trained = {v.name for v in VARIANTS.values() if v.copy_fraction}
+
+    def rows(table, copy):  # a row "rope_copy+yarn" belongs to the variant "rope_copy"
+        return {name: row for name, row in table.items() if (name.split("+")[0] in copy_trained) == copy}
+
+    plot(rows(tables["tail_loss"], copy=False), setup, out / "loss_vs_length.png")
+    needle = rows(tables.get("needle_copy_loss", {}), copy=True)
+    if needle:
+        plot(needle, setup, out / "retrieval_vs_length.png", ylabel="needle copy loss (nats/byte), last 32 bytes",
+             zoom=(0.0, 1.0), title="copy-trained models, needle copy loss (0 = perfect retrieval)")
     return summary
 
 

@@ -25,6 +25,12 @@ def check_pushable(folder: Path) -> None:
         raise HubError(f"{folder} is not a complete checkpoint (missing {', '.join(missing)}); convert it first with `hf-ropeid convert`.")
 
 
+def _is_rope_id(folder: Path) -> bool:
+    import json
+
+    return json.loads((folder / "config.json").read_text()).get("model_type") == "llama_rope_id"
+
+
 def push_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -38,8 +44,8 @@ def push_to_hub(
 ) -> str:
     """Creates ``repo_id`` if needed (``private``, exist_ok) and uploads ``folder``; returns the commit or PR URL.
 
-    A folder written by the converter (it has conversion.json) gets its README.md re-rendered first,
-    so the card's usage snippet names ``repo_id``. ``revision``: a branch, created if missing;
+    A folder written by the converter (conversion.json) or by ``hf-ropeid merge`` from a RoPE-ID base
+    (finetuning.json) gets its README.md re-rendered first, so the card's usage snippet names ``repo_id``. ``revision``: a branch, created if missing;
     ``create_pr``: open a pull request against the default branch instead of committing to it.
     """
     from huggingface_hub import HfApi
@@ -53,6 +59,10 @@ def push_to_hub(
         from .model_card import write_model_card
 
         write_model_card(folder, repo_id=repo_id)
+    elif (folder / "finetuning.json").is_file() and _is_rope_id(folder):
+        from .merge import write_finetuned_model_card
+
+        write_finetuned_model_card(folder, repo_id=repo_id)
     api = api if api is not None else HfApi(token=token)
     message = commit_message or f"Upload {folder.name} (RoPE-ID conversion by hf-ropeid)"
     try:

@@ -133,7 +133,8 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
     merged = merged.to(getattr(torch, target_dtype) if isinstance(target_dtype, str) else target_dtype)
     tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_reference
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
-    record = _training_record(adapter_dir, base_reference)
+    # base_model / license are kept in the record, so a later `hf-ropeid push` re-renders the same card
+    record = {**_training_record(adapter_dir, base_reference), "base_model": base_model, "license": license}
     is_rope_id = merged.config.model_type == "llama_rope_id"
 
     def write(tmp: Path) -> None:
@@ -150,9 +151,14 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
 
 def write_finetuned_model_card(folder: str | os.PathLike, *, repo_id: str | None = None,
                                base_model: str | None = None, license: str | None = None) -> Path:
-    """(Re)writes ``folder/README.md`` of a merged checkpoint from its finetuning.json (e.g. naming ``repo_id``)."""
+    """(Re)writes ``folder/README.md`` of a merged checkpoint from its finetuning.json (e.g. naming ``repo_id``).
+
+    ``base_model`` / ``license`` default to the ones given at merge time.
+    """
     folder = Path(folder)
     record = json.loads((folder / FINETUNING_RECORD).read_text())
+    base_model = base_model if base_model is not None else record.get("base_model")
+    license = license if license is not None else record.get("license")
     readme = folder / "README.md"
     partial = folder / ".README.md.partial"
     partial.write_text(render_finetuned_card(folder, record, model_name=folder.name, repo_id=repo_id,

@@ -142,3 +142,17 @@ def test_cli_merges_and_pushes_like_the_converter(trained, tmp_path, monkeypatch
 
     bad = runner.invoke(app, ["merge", str(tmp_path), str(tmp_path / "x")])
     assert bad.exit_code == 1 and "not a peft adapter folder" in bad.output
+
+
+def test_a_later_push_renders_the_merged_card_for_its_repo(trained, tmp_path):
+    from test_hub import RecordingApi as FakeApi
+
+    from hf_ropeid.hub import push_to_hub
+
+    out = merge_adapter(trained.adapter, tmp_path / "merged", base_model="me/tiny")  # merged without naming a repo
+    assert 'model_id = "me/later"' not in (out / "README.md").read_text()
+    push_to_hub(out, "me/later", api=FakeApi())
+    card = (out / "README.md").read_text()
+    assert 'model_id = "me/later"' in card and "fine-tuned with LoRA" in card
+    assert "base_model: me/tiny" in card  # what was given at merge time survives the re-render
+    assert not list(out.glob(".README*"))  # no partial file left behind

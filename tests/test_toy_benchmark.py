@@ -36,7 +36,7 @@ def synthetic_texts():
     return text[:12_000], text[12_000:]
 
 
-@pytest.mark.parametrize("variant", ["rope", "rope_id", "nope", "rope_id_window64"])
+@pytest.mark.parametrize("variant", ["rope", "rope_id", "nope", "rope_id_window64", "p_rope_window64_copy"])
 def test_run_writes_finite_losses_that_fall(toy, tmp_path, variant):
     setup = tiny_setup(toy)
     record = toy.run_one(toy.VARIANTS[variant], setup, seed=0, out=tmp_path, progress=False, texts=synthetic_texts())
@@ -44,8 +44,10 @@ def test_run_writes_finite_losses_that_fall(toy, tmp_path, variant):
     saved = json.loads((tmp_path / "runs" / f"{variant}_seed0.json").read_text())
     assert saved["tail_loss"] == record["tail_loss"]
     assert set(saved["tail_loss"]) == {variant + suffix for suffix in toy.VARIANTS[variant].evals}
-    assert set(saved["copy_tail_loss"]) == set(saved["tail_loss"])
-    for losses in [*saved["tail_loss"].values(), *saved["copy_tail_loss"].values()]:
+    assert saved["copy_fraction"] == toy.VARIANTS[variant].copy_fraction
+    assert set(saved["copy_tail_loss"]) == set(saved["needle_copy_loss"]) == set(saved["tail_loss"])
+    metrics = ("tail_loss", "copy_tail_loss", "needle_copy_loss")
+    for losses in [loss for metric in metrics for loss in saved[metric].values()]:
         assert sorted(losses, key=int) == ["128", "256"]
         assert all(math.isfinite(x) and 0 < x < 10 for x in losses.values())
     (first_step, first), (last_step, last) = saved["train_curve"][0], saved["train_curve"][-1]
@@ -68,3 +70,46 @@ def test_report_merges_seeds_and_refuses_other_settings(toy, tmp_path):
     with pytest.raises(Exception, match="--force"):
         toy.run_one(toy.VARIANTS["rope_id"], tiny_setup(toy, steps=3), seed=0, out=tmp_path, progress=False,
                     texts=texts)
+
+
+def test_plant_repeats_copies_one_span_from_inside_the_window(toy):
+    import torch
+
+    length, rows = 128, 64
+    original = torch.arange(rows * length).reshape(rows, length)  # every byte unique, so copies are visible
+    planted = toy.plant_repeats(original.clone(), 1.0, torch.Generator().manual_seed(0))
+    distances = []
+    for row in range(rows):
+        changed = (planted[row] != original[row]).nonzero().flatten()
+        target, span = int(changed[0]), len(changed)
+        assert 16 <= span <= 48 and changed.tolist() == list(range(target, target + span))  # one contiguous span
+        source = int(planted[row, target]) - int(original[row, 0])
+        assert planted[row, target:target + span].tolist() == original[row, source:source + span].tolist()
+        assert source + span <= target  # the source is earlier and intact
+        distances.append(target - source)
+    assert max(distances) > 64 and min(distances) < 48  # both sides of rotary_window = 64 are trained
+    untouched = toy.plant_repeats(original.clone(), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(untouched, original)
+
+
+class CopyFrom:
+    """A stand-in model that predicts the byte ``distance`` positions back (perfect retrieval from there)."""
+
+    def __init__(self, distance):
+        self.distance = distance
+
+    def __call__(self, input_ids):
+        import torch
+        from types import SimpleNamespace
+
+        # logits[i] predicts target i = input i + 1, so copying from `distance` back reads input i + 1 - distance
+        source = torch.roll(input_ids, self.distance - 1, dims=1)
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(source, 257).float() * 50)
+
+
+def test_needle_probe_sits_n_minus_48_back(toy):
+    setup = toy.Setup()
+    held_out = synthetic_texts()[0] * 2
+    for n in (128, 512):
+        assert toy.needle_copy_losses(CopyFrom(n - 48), setup, n, held_out) < 1e-6
+        assert toy.needle_copy_losses(CopyFrom(n - 47), setup, n, held_out) > 1.0
