@@ -591,6 +591,60 @@ def plot(table: dict[str, dict], setup: Setup, path: Path, ylabel: str | None = 
     Path(tmp.name).replace(path)
 
 
+ORACLE_EVALS = ("+linear", "+ntk", "+yarn")  # told the target length n/L: not candidates for the goal
+
+
+def goal_check(records: list[dict], setup: Setup) -> list[dict]:
+    """The issue's goal, checked seed by seed on the tail loss, for every row not told the target length.
+
+    Per row: the 16x loss vs its own 1x loss (goal: within 5%), its 1x loss vs RoPE's 1x loss on the same
+    seed (goal: no worse), and whether it is below oracle YaRN of the same seed at every length above L
+    and at 1x as well (YaRN = RoPE at 1x). Copy-trained rows are compared with the copy-trained RoPE.
+    """
+    L, lengths = setup.training_length, [str(n) for n in setup.lengths]
+    first, last = lengths[0], lengths[-1]
+    losses: dict[tuple[str, int], dict] = {}
+    for record in records:
+        for name, row in record.get("tail_loss", {}).items():
+            losses[(name, record["seed"])] = row
+    checks = []
+    for name in dict.fromkeys(name for name, _ in losses):
+        copy = name.split("+")[0].endswith("_copy")
+        rope = "rope_copy" if copy else "rope"
+        if name.startswith(rope + "+") and name.endswith(ORACLE_EVALS):
+            continue
+        seeds = sorted(seed for (n, seed) in losses if n == name and (rope + "+yarn", seed) in losses)
+        if not seeds:
+            continue
+        own = [losses[(name, s)] for s in seeds]
+        yarn = [losses[(rope + "+yarn", s)] for s in seeds]
+        base = [losses[(rope, s)] for s in seeds]
+        growth = [x[last] / x[first] - 1 for x in own]
+        vs_rope = [x[first] - b[first] for x, b in zip(own, base)]
+        beats_long = [all(x[n] < y[n] for n in lengths[1:]) for x, y in zip(own, yarn)]
+        beats_all = [b and x[first] <= y[first] for b, x, y in zip(beats_long, own, yarn)]
+        checks.append({
+            "row": name, "seeds": seeds, "growth_16x": growth, "vs_rope_1x": vs_rope,
+            "within_5pct": sum(g <= 0.05 for g in growth), "beats_yarn_above_L": sum(beats_long),
+            "beats_yarn_everywhere": sum(beats_all),
+        })
+    return checks
+
+
+def goal_markdown(checks: list[dict], setup: Setup) -> str:
+    head = (f"Goal check per seed (tail loss): 16x vs 1x within 5%; 1x no worse than RoPE of the same seed; below "
+            f"oracle YaRN of the same seed at every length. Counts are seeds that pass, of n.\n\n"
+            "| row | n | 16x vs 1x (worst seed) | within 5% | 1x minus RoPE's 1x (mean; range) | "
+            "below YaRN at 2x..16x | below YaRN at 1x..16x |\n|---|---|---|---|---|---|---|\n")
+    lines = []
+    for c in checks:
+        n, d = len(c["seeds"]), c["vs_rope_1x"]
+        lines.append(f"| {c['row']} | {n} | {max(c['growth_16x']):+.1%} | {c['within_5pct']}/{n} | "
+                     f"{mean(d):+.3f}; {min(d):+.3f} .. {max(d):+.3f} | {c['beats_yarn_above_L']}/{n} | "
+                     f"{c['beats_yarn_everywhere']}/{n} |")
+    return head + "\n".join(lines) + "\n"
+
+
 def write_report(out: Path, setup: Setup) -> dict:
     """Merges every run in ``out/runs`` made with ``setup`` into results.json / results.md / loss_vs_length.png.
 
@@ -598,18 +652,24 @@ def write_report(out: Path, setup: Setup) -> dict:
     """
     records = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     records = [r for r in records if r["setup"] == json.loads(json.dumps(asdict(setup)))]
+    if not records:
+        raise typer.BadParameter(f"No runs made with these settings in {out / 'runs'}; train some first "
+                                 "(without --report-only), or point --out at the folder that holds them.")
     order = {name: i for i, name in enumerate(VARIANTS)}
     records.sort(key=lambda r: (order.get(r["variant"], len(order)), r["variant"], r["seed"]))
     tables = {metric: aggregate(records, metric) for metric in METRICS}
     tables = {metric: table for metric, table in tables.items() if table}
     meaning = {m: METRICS[m].format(tail=setup.tail, windows=setup.eval_windows, play=HELD_OUT_PLAY, copy=COPY_WINDOWS)
                for m in tables}
+    checks = goal_check(records, setup)
     summary = {
-        "setup": asdict(setup), "metrics": meaning, "tables": tables,
+        "setup": asdict(setup), "metrics": meaning, "tables": tables, "goal_check": checks,
         "runs": [{k: r[k] for k in ("variant", "seed", "seconds_per_step", "eval_seconds", "command")} for r in records],
     }
     markdown = "".join(f"{meaning[m][0].upper() + meaning[m][1:]}; mean ± std over seeds.\n\n"
                        + markdown_table(tables[m], setup) + "\n" for m in tables)
+    if checks:
+        markdown += goal_markdown(checks, setup)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
     write_atomic(out / "results.md", markdown)
     copy_trained = {v.name for v in VARIANTS.values() if v.copy_fraction}

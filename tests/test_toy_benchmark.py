@@ -113,3 +113,30 @@ def test_needle_probe_sits_n_minus_48_back(toy):
     for n in (128, 512):
         assert toy.needle_copy_losses(CopyFrom(n - 48), setup, n, held_out) < 1e-6
         assert toy.needle_copy_losses(CopyFrom(n - 47), setup, n, held_out) > 1.0
+
+
+def test_goal_check_compares_each_seed_with_its_own_rope_and_yarn(toy):
+    setup = tiny_setup(toy)  # lengths 128, 256
+
+    def run(variant, seed, rows):
+        return {"variant": variant, "seed": seed, "tail_loss": {k: {"128": a, "256": b} for k, (a, b) in rows.items()}}
+
+    records = [
+        run("rope", 0, {"rope": (1.50, 3.0), "rope+yarn": (1.50, 1.70), "rope+linear": (1.50, 1.60)}),
+        run("rope", 1, {"rope": (1.60, 3.0), "rope+yarn": (1.60, 1.65)}),
+        # seed 0: flat and below YaRN but worse at 1x; seed 1: better at 1x, but +6.3% at 2x, above YaRN there
+        run("cand", 0, {"cand": (1.55, 1.56)}),
+        run("cand", 1, {"cand": (1.58, 1.68)}),
+    ]
+    checks = {c["row"]: c for c in toy.goal_check(records, setup)}
+    assert "rope+yarn" not in checks and "rope+linear" not in checks  # told the target length
+    cand = checks["cand"]
+    assert cand["seeds"] == [0, 1]
+    assert cand["within_5pct"] == 1 and cand["beats_yarn_above_L"] == 1 and cand["beats_yarn_everywhere"] == 0
+    assert [round(x, 3) for x in cand["vs_rope_1x"]] == [0.05, -0.02]
+    assert "| cand | 2 | +6.3% | 1/2 | +0.015; -0.020 .. +0.050 | 1/2 | 0/2 |" in toy.goal_markdown(list(checks.values()), setup)
+
+
+def test_report_without_runs_is_a_clear_error(toy, tmp_path):
+    with pytest.raises(Exception, match="No runs made with these settings"):
+        toy.write_report(tmp_path, tiny_setup(toy))
