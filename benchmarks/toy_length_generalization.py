@@ -192,9 +192,6 @@ class Variant:
     description: str
     train: ModelSpec
     evals: dict[str, EvalFn]
-    # Share of training windows given a planted repeat (see plant_repeats), so that the model learns to
-    # copy; 0 for the plain text variants. Copy-trained variants are compared only with each other.
-    copy_fraction: float = 0.0
 
 
 def same(spec: ModelSpec) -> EvalFn:
@@ -205,11 +202,16 @@ def rope_id(**rope) -> ModelSpec:
     return ModelSpec("rope_id", {"temperature": "none", **rope})
 
 
-def rope_id_evals(eval_window: int | None = None, **rope) -> dict[str, EvalFn]:
+def rope_id_evals(eval_window: int | None = None, temperature_sweep: bool = False, **rope) -> dict[str, EvalFn]:
     """A RoPE-ID-family model without and with the per-query temperature (c = 0.1); with ``eval_window``
-    also training-free with keys that far or farther scored by the unrotated pairs only."""
+    also training-free with keys that far or farther scored by the unrotated pairs only; with
+    ``temperature_sweep`` also c = 0.05, 0.2, 0.3 and the "length_log" formula ln(p) / ln(L)."""
     temp = {"temperature": "query_log", "temperature_coefficient": 0.1}
     evals = {"": same(rope_id(**rope)), "+temp": same(rope_id(**{**rope, **temp}))}
+    if temperature_sweep:
+        for c in (0.05, 0.2, 0.3):
+            evals[f"+temp(c={c})"] = same(rope_id(**rope, temperature="query_log", temperature_coefficient=c))
+        evals["+temp(length_log)"] = same(rope_id(**rope, temperature="length_log"))
     if eval_window is not None:
         for suffix, extra in [("", {}), ("+temp", temp)]:
             evals[f"+win{eval_window}{suffix}"] = same(rope_id(**rope, **extra, rotary_window=eval_window))
@@ -247,13 +249,12 @@ def rope_evals() -> dict[str, EvalFn]:
     }
 
 
-COPY_FRACTION = 0.25
-
 VARIANTS = {
     v.name: v
     for v in [
         Variant("rope", "RoPE, theta 1e4, all channels", ModelSpec("llama"), rope_evals()),
-        Variant("rope_id", "RoPE-ID: half the pairs, periods 8..64", rope_id(), rope_id_evals(eval_window=128)),
+        Variant("rope_id", "RoPE-ID: half the pairs, periods 8..64", rope_id(),
+                rope_id_evals(eval_window=128, temperature_sweep=True)),
         Variant("p_rope", "p-RoPE: half the pairs, original frequencies", rope_id(spectrum="original"),
                 {"": same(rope_id(spectrum="original"))}),
         Variant("nope", "NoPE: no rotation (stock Llama, inv_freq zeroed)", ModelSpec("llama", inv_freq="zeros"),
@@ -262,21 +263,16 @@ VARIANTS = {
                 ModelSpec("llama", inv_freq="neox_half"), {"": same(ModelSpec("llama", inv_freq="neox_half"))}),
         Variant("rope_id_all", "RoPE-ID spectrum (8..64) on all pairs", rope_id(rotary_fraction=1.0),
                 rope_id_evals(rotary_fraction=1.0)),
+        # The spectrum knobs of the issue: four turns per L (periods 8..32), and 3/4 of the pairs rotated
+        Variant("rope_id_turns4", "RoPE-ID, 4 turns per L (periods 8..32)", rope_id(turns_per_training_length=4),
+                rope_id_evals(turns_per_training_length=4)),
+        Variant("rope_id_frac75", "RoPE-ID, 3/4 of the pairs rotated (12 of 16, periods 8..64)",
+                rope_id(rotary_fraction=0.75), rope_id_evals(rotary_fraction=0.75)),
         Variant("rope_id_window64", "RoPE-ID; keys 64+ tokens away scored by the unrotated pairs only",
                 rope_id(rotary_window=64), window_evals(rotary_window=64)),
         Variant("p_rope_window64", "p-RoPE (original frequencies in half the pairs); keys 64+ tokens away scored "
                 "by the unrotated pairs only", rope_id(spectrum="original", rotary_window=64),
                 window_evals(spectrum="original", rotary_window=64)),
-        # The same models trained to copy: COPY_FRACTION of the training windows repeat a span of 16..48
-        # bytes at a distance of up to L - 16, so every model learns to retrieve inside L. The copy probes
-        # then show whether retrieval still works from 2x..16x L away.
-        Variant("rope_copy", "RoPE, copy-trained", ModelSpec("llama"), rope_evals(), COPY_FRACTION),
-        Variant("rope_id_copy", "RoPE-ID, copy-trained", rope_id(), rope_id_evals(eval_window=128), COPY_FRACTION),
-        Variant("rope_id_window64_copy", "RoPE-ID + rotary_window 64, copy-trained", rope_id(rotary_window=64),
-                window_evals(rotary_window=64), COPY_FRACTION),
-        Variant("p_rope_window64_copy", "p-RoPE + rotary_window 64, copy-trained",
-                rope_id(spectrum="original", rotary_window=64), window_evals(spectrum="original", rotary_window=64),
-                COPY_FRACTION),
     ]
 }
 
@@ -299,25 +295,6 @@ def with_bos(chunks):
     return torch.cat([torch.full((chunks.shape[0], 1), BOS, dtype=torch.long), chunks], dim=1)
 
 
-def plant_repeats(chunk, fraction: float, generator, shortest: int = 16, longest: int = 48):
-    """Copies a span of ``shortest``..``longest`` bytes to a later place in a ``fraction`` of the rows (in place).
-
-    The copy starts at least one span length after the source and ends inside the row, so copy distances run
-    from the span length to L - span: every distance a model is asked to retrieve from is inside L.
-    """
-    import torch
-
-    rows, length = chunk.shape
-    for row in range(rows):
-        if torch.rand((), generator=generator).item() >= fraction:
-            continue
-        span = int(torch.randint(shortest, longest + 1, (), generator=generator))
-        source = int(torch.randint(0, length - 2 * span + 1, (), generator=generator))
-        target = int(torch.randint(source + span, length - span + 1, (), generator=generator))
-        chunk[row, target:target + span] = chunk[row, source:source + span].clone()
-    return chunk
-
-
 def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progress: bool = True):
     """Returns (trained model, [(step, loss), ...], seconds per step). Same data order for every variant."""
     import torch
@@ -327,7 +304,6 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
     torch.manual_seed(seed)  # same initial weights for every variant (same parameter shapes)
     model = build_model(variant.train, setup).train()
     batches = torch.Generator().manual_seed(10_000 + seed)
-    repeats = torch.Generator().manual_seed(20_000 + seed)  # its own stream: the text batches stay the same
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=(0.9, 0.95), weight_decay=setup.weight_decay)
     L = setup.training_length
     curve, start = [], time.perf_counter()
@@ -335,8 +311,6 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
     for step in bar:
         starts = torch.randint(0, len(data) - L, (setup.batch,), generator=batches)
         chunk = data[starts[:, None] + torch.arange(L)]  # L bytes: inputs are BOS + first L-1
-        if variant.copy_fraction:
-            chunk = plant_repeats(chunk, variant.copy_fraction, repeats)
         inputs = with_bos(chunk[:, :-1])
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), chunk.reshape(-1))
@@ -492,7 +466,7 @@ def run_one(
     results = evaluate(variant, model, setup, held_out, progress)
     record = {
         "variant": variant.name, "description": variant.description, "seed": seed, "setup": asdict(setup),
-        "copy_fraction": variant.copy_fraction, "train_curve": curve, "seconds_per_step": step_seconds,
+        "train_curve": curve, "seconds_per_step": step_seconds,
         "eval_seconds": time.perf_counter() - start, **results,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
@@ -552,9 +526,8 @@ def markdown_table(table: dict[str, dict], setup: Setup) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict[str, dict], setup: Setup, path: Path, ylabel: str | None = None, zoom: tuple | None = (1.5, 2.3),
-         title: str = "tail loss") -> None:
-    """Loss vs length, every model (left) and zoomed on those that stay near their 1x loss (right)."""
+def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
+    """Tail loss vs length, every model (left) and zoomed on those that stay near their 1x loss (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -562,7 +535,7 @@ def plot(table: dict[str, dict], setup: Setup, path: Path, ylabel: str | None = 
 
     colors = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    for ax, limits in zip(axes, (None, zoom)):
+    for ax, top in zip(axes, (None, 2.3)):
         for i, (name, row) in enumerate(table.items()):
             xs = [int(n) for n in row["mean"]]
             ys = [row["mean"][str(x)] for x in xs]
@@ -576,12 +549,12 @@ def plot(table: dict[str, dict], setup: Setup, path: Path, ylabel: str | None = 
         ax.set_xticks(setup.lengths, [f"{n}\n({n // setup.training_length}x)" for n in setup.lengths])
         ax.axvline(setup.training_length, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("evaluation window length (tokens)")
-        ax.set_ylabel(ylabel or f"loss of the last {setup.tail} bytes (nats/byte)")
-        if limits is not None:
-            ax.set_ylim(*limits)
+        ax.set_ylabel(f"loss of the last {setup.tail} bytes (nats/byte)")
+        if top is not None:
+            ax.set_ylim(1.5, top)
             ax.set_title("zoom")
     axes[0].legend(fontsize=6.5, ncol=2)
-    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: {title}, mean over (n) seeds, "
+    fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: tail loss, mean over (n) seeds, "
                  "band = min..max, dashed = with temperature")
     fig.tight_layout()
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
@@ -599,7 +572,7 @@ def goal_check(records: list[dict], setup: Setup) -> list[dict]:
 
     Per row: the 16x loss vs its own 1x loss (goal: within 5%), its 1x loss vs RoPE's 1x loss on the same
     seed (goal: no worse), and whether it is below oracle YaRN of the same seed at every length above L
-    and at 1x as well (YaRN = RoPE at 1x). Copy-trained rows are compared with the copy-trained RoPE.
+    and at 1x as well (YaRN = RoPE at 1x).
     """
     L, lengths = setup.training_length, [str(n) for n in setup.lengths]
     first, last = lengths[0], lengths[-1]
@@ -608,9 +581,8 @@ def goal_check(records: list[dict], setup: Setup) -> list[dict]:
         for name, row in record.get("tail_loss", {}).items():
             losses[(name, record["seed"])] = row
     checks = []
+    rope = "rope"
     for name in dict.fromkeys(name for name, _ in losses):
-        copy = name.split("+")[0].endswith("_copy")
-        rope = "rope_copy" if copy else "rope"
         if name.startswith(rope + "+") and name.endswith(ORACLE_EVALS):
             continue
         seeds = sorted(seed for (n, seed) in losses if n == name and (rope + "+yarn", seed) in losses)
@@ -672,16 +644,7 @@ def write_report(out: Path, setup: Setup) -> dict:
         markdown += goal_markdown(checks, setup)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
     write_atomic(out / "results.md", markdown)
-    copy_trained = {v.name for v in VARIANTS.values() if v.copy_fraction}
-
-    def rows(table, copy):  # a row "rope_copy+yarn" belongs to the variant "rope_copy"
-        return {name: row for name, row in table.items() if (name.split("+")[0] in copy_trained) == copy}
-
-    plot(rows(tables["tail_loss"], copy=False), setup, out / "loss_vs_length.png")
-    needle = rows(tables.get("needle_copy_loss", {}), copy=True)
-    if needle:
-        plot(needle, setup, out / "retrieval_vs_length.png", ylabel="needle copy loss (nats/byte), last 32 bytes",
-             zoom=(0.0, 1.0), title="copy-trained models, needle copy loss (0 = perfect retrieval)")
+    plot(tables["tail_loss"], setup, out / "loss_vs_length.png")
     return summary
 
 

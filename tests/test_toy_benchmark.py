@@ -36,7 +36,7 @@ def synthetic_texts():
     return text[:12_000], text[12_000:]
 
 
-@pytest.mark.parametrize("variant", ["rope", "rope_id", "nope", "rope_id_window64", "p_rope_window64_copy"])
+@pytest.mark.parametrize("variant", ["rope", "rope_id", "nope", "rope_id_window64", "p_rope_window64"])
 def test_run_writes_finite_losses_that_fall(toy, tmp_path, variant):
     setup = tiny_setup(toy)
     record = toy.run_one(toy.VARIANTS[variant], setup, seed=0, out=tmp_path, progress=False, texts=synthetic_texts())
@@ -44,7 +44,6 @@ def test_run_writes_finite_losses_that_fall(toy, tmp_path, variant):
     saved = json.loads((tmp_path / "runs" / f"{variant}_seed0.json").read_text())
     assert saved["tail_loss"] == record["tail_loss"]
     assert set(saved["tail_loss"]) == {variant + suffix for suffix in toy.VARIANTS[variant].evals}
-    assert saved["copy_fraction"] == toy.VARIANTS[variant].copy_fraction
     assert set(saved["copy_tail_loss"]) == set(saved["needle_copy_loss"]) == set(saved["tail_loss"])
     metrics = ("tail_loss", "copy_tail_loss", "needle_copy_loss")
     for losses in [loss for metric in metrics for loss in saved[metric].values()]:
@@ -70,26 +69,6 @@ def test_report_merges_seeds_and_refuses_other_settings(toy, tmp_path):
     with pytest.raises(Exception, match="--force"):
         toy.run_one(toy.VARIANTS["rope_id"], tiny_setup(toy, steps=3), seed=0, out=tmp_path, progress=False,
                     texts=texts)
-
-
-def test_plant_repeats_copies_one_span_from_inside_the_window(toy):
-    import torch
-
-    length, rows = 128, 64
-    original = torch.arange(rows * length).reshape(rows, length)  # every byte unique, so copies are visible
-    planted = toy.plant_repeats(original.clone(), 1.0, torch.Generator().manual_seed(0))
-    distances = []
-    for row in range(rows):
-        changed = (planted[row] != original[row]).nonzero().flatten()
-        target, span = int(changed[0]), len(changed)
-        assert 16 <= span <= 48 and changed.tolist() == list(range(target, target + span))  # one contiguous span
-        source = int(planted[row, target]) - int(original[row, 0])
-        assert planted[row, target:target + span].tolist() == original[row, source:source + span].tolist()
-        assert source + span <= target  # the source is earlier and intact
-        distances.append(target - source)
-    assert max(distances) > 64 and min(distances) < 48  # both sides of rotary_window = 64 are trained
-    untouched = toy.plant_repeats(original.clone(), 0.0, torch.Generator().manual_seed(0))
-    assert torch.equal(untouched, original)
 
 
 class CopyFrom:
