@@ -120,55 +120,99 @@ def apply_rope_id(q, k, cos, sin, query_cos, query_sin):
     return q_embed, k_embed
 
 
-def rotary_window_attention(module, query, key, value, attention_mask, query_start: int, dropout: float = 0.0):
+def rotary_window_attention(
+    module, query, key, value, attention_mask, query_start: int, dropout: float = 0.0, kernel: str = "sdpa"
+):
     """Attention for ``rotary_window``: keys W or more tokens back are scored by the unrotated pairs only.
 
-    Eager arithmetic (scores are built by hand, so no sdpa/flash kernel). ``query_start`` is the
-    cache index of the first query; key ``j`` sits at index ``j``. ``attention_mask`` may be None
-    (causal), a boolean mask (True = attend) or an additive float mask, shaped [batch, 1, q, k].
+    ``query_start`` is the cache index of the first query; key ``j`` sits at index ``j``.
+    ``attention_mask`` may be None (causal), a boolean mask (True = attend) or an additive float mask,
+    shaped [batch, 1, q, k]. ``kernel``: "sdpa" (fused kernel, no attention weights returned) or "eager"
+    (scores built by hand; returns the weights). Long no-grad inputs are processed 256 queries at a time
+    (bounded memory; on CPU this was also the fastest block for the sdpa kernel, of 128..2048).
     """
-    p: RopeIDParameters = module.rope_id
-    q_len, k_len = query.shape[2], key.shape[2]
     if attention_mask is not None and attention_mask.dim() != 4:
         raise ValueError(
             "rotary_window needs a 4-D attention mask; load the model with attn_implementation='sdpa' or 'eager'."
         )
-    if not torch.is_grad_enabled() and q_len > 512:
-        # Long inputs at inference: 256 queries at a time, each against the keys it can see.
+    q_len, k_len = query.shape[2], key.shape[2]
+    block = 256
+    if not torch.is_grad_enabled() and q_len > 2 * block:
         parts = []
-        for start in range(0, q_len, 256):
-            stop, visible = min(start + 256, q_len), min(k_len, query_start + start + 256)
+        for start in range(0, q_len, block):
+            stop, visible = min(start + block, q_len), min(k_len, query_start + start + block)
             mask = None if attention_mask is None else attention_mask[:, :, start:stop, :visible]
             part, _ = rotary_window_attention(
-                module, query[:, :, start:stop], key[:, :, :visible], value[:, :, :visible], mask, query_start + start
+                module, query[:, :, start:stop], key[:, :, :visible], value[:, :, :visible], mask,
+                query_start + start, kernel=kernel,
             )
             parts.append(part)
         return torch.cat(parts, dim=1), None
-
     key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    n, half = p.num_rotated_pairs, query.shape[-1] // 2
+    p: RopeIDParameters = module.rope_id
+    query_positions = torch.arange(query_start, query_start + q_len, device=query.device)
+    key_positions = torch.arange(k_len, device=query.device)
+    distance = query_positions[:, None] - key_positions[None, :]
+    far_bias = None
+    if p.far_field == "log_count":
+        far_bias = far_field_bias(query_positions, key_positions, p.training_length, p.rotary_window)
+    attend = _rotary_window_sdpa if kernel == "sdpa" else _rotary_window_eager
+    return attend(module, query, key, value, attention_mask, distance, far_bias, dropout)
+
+
+def _rotary_window_eager(module, query, key, value, attention_mask, distance, far_bias, dropout):
+    p: RopeIDParameters = module.rope_id
+    n, half, k_len = p.num_rotated_pairs, query.shape[-1] // 2, key.shape[2]
 
     def split(x):  # (rotated channels, unrotated channels); channel i pairs with i + half
         return (torch.cat([x[..., :n], x[..., half:half + n]], -1), torch.cat([x[..., n:half], x[..., half + n:]], -1))
 
     (q_rot, q_free), (k_rot, k_free) = split(query), split(key)
-    query_positions = torch.arange(query_start, query_start + q_len, device=query.device)
-    key_positions = torch.arange(k_len, device=query.device)
-    distance = query_positions[:, None] - key_positions[None, :]
     near = (q_rot @ k_rot.transpose(2, 3)).masked_fill_(distance >= p.rotary_window, 0.0)
     scores = (q_free @ k_free.transpose(2, 3)).add_(near).mul_(module.scaling)
-    if p.far_field == "log_count":
-        bias = far_field_bias(query_positions, key_positions, p.training_length, p.rotary_window)
-        scores = scores.add_(bias.to(scores.dtype))
+    if far_bias is not None:
+        scores = scores.add_(far_bias.to(scores.dtype))
     lowest = torch.finfo(scores.dtype).min  # not -inf: fully masked (padding) rows stay finite
     scores = scores.masked_fill_(distance < 0, lowest)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill_(~attention_mask[..., :k_len], lowest)
     elif attention_mask is not None:
         scores = scores.add_(attention_mask[..., :k_len]).clamp_(min=lowest)
-    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    # at least float32 (bf16 scores), and float64 stays float64: its masked minimum would be -inf in float32
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=softmax_dtype).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout):
+    """One fused sdpa call over every key twice: once as is (allowed only within W) and once with its
+    rotated pairs zeroed (allowed only beyond W). Each key is visible in exactly one copy, so the softmax
+    is exactly the windowed one; the cost is twice the keys, in exchange for the fused kernel."""
+    p: RopeIDParameters = module.rope_id
+    n, half, k_len = p.num_rotated_pairs, query.shape[-1] // 2, key.shape[2]
+    far_key = key.clone()
+    far_key[..., :n] = 0
+    far_key[..., half:half + n] = 0
+    # A quarter of the dtype's minimum: kernels that rescale the mask (exp2 tricks) must not reach -inf,
+    # or fully masked (padding) rows become NaN instead of staying finite as in the eager path.
+    lowest = torch.finfo(query.dtype).min / 4
+    near_mask = torch.zeros(distance.shape, dtype=query.dtype, device=query.device)
+    near_mask.masked_fill_((distance < 0) | (distance >= p.rotary_window), lowest)
+    far_mask = torch.zeros_like(near_mask) if far_bias is None else far_bias.to(query.dtype)
+    far_mask = far_mask.masked_fill(distance < p.rotary_window, lowest)
+    mask = torch.cat([near_mask, far_mask], dim=-1)[None, None]
+    if attention_mask is not None:
+        padding = attention_mask[..., :k_len]
+        if padding.dtype == torch.bool:
+            padding = torch.zeros(padding.shape, dtype=query.dtype, device=query.device).masked_fill_(~padding, lowest)
+        padding = padding.to(query.dtype).clamp(min=lowest)
+        mask = (mask + torch.cat([padding, padding], dim=-1)).clamp(min=lowest)
+    output = nn.functional.scaled_dot_product_attention(
+        query, torch.cat([key, far_key], dim=2), torch.cat([value, value], dim=2), attn_mask=mask,
+        dropout_p=dropout, scale=module.scaling,
+    )
+    return output.transpose(1, 2).contiguous(), None
 
 
 class LlamaRopeIDAttention(LlamaAttention):
@@ -203,6 +247,8 @@ class LlamaRopeIDAttention(LlamaAttention):
             attn_output, attn_weights = rotary_window_attention(
                 self, query_states, key_states, value_states, attention_mask,
                 query_start=filled - query_states.shape[2], dropout=self.attention_dropout if self.training else 0.0,
+                # eager returns attention weights; every other implementation gets the fused sdpa kernel
+                kernel="eager" if self.config._attn_implementation == "eager" else "sdpa",
             )
             attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
             return attn_output, attn_weights

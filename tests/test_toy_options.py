@@ -69,7 +69,10 @@ def test_attention_matches_a_per_pair_reference():
     attn = m.model.layers[0].self_attn
     q, k, v = (torch.randn(1, 4, 12, 16) for _ in range(3))
     k, v = k[:, :2], v[:, :2]  # two key/value heads (GQA)
-    out, weights = rotary_window_attention(attn, q, k, v, None, query_start=0)
+    out, weights = rotary_window_attention(attn, q, k, v, None, query_start=0, kernel="eager")
+    fused, no_weights = rotary_window_attention(attn, q, k, v, None, query_start=0)  # sdpa, the default
+    assert no_weights is None
+    torch.testing.assert_close(fused, out, atol=1e-5, rtol=1e-5)
     rotated = [0, 1, 2, 3, 8, 9, 10, 11]  # 4 rotated pairs of head_dim 16: channels i and i + 8
     expected = torch.zeros(1, 4, 12, 12)
     for h in range(4):
@@ -81,6 +84,31 @@ def test_attention_matches_a_per_pair_reference():
     expected = expected.softmax(-1)
     torch.testing.assert_close(weights, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out, (expected @ v.repeat_interleave(2, 1)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_fused_kernel_equals_the_eager_scores_with_far_field_padding_and_a_cache_offset(mask_kind):
+    m = model(rotary_window=24, far_field="log_count")
+    attn = m.model.layers[0].self_attn
+    q = torch.randn(2, 4, 40, 16, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 2, 190, 16, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = None
+    if mask_kind is not None:
+        keep = torch.ones(2, 1, 40, 190, dtype=torch.bool)
+        keep[0, :, :, :30] = False  # left padding of the first sequence
+        keep[1, :, 5, :] = False  # one fully masked query row
+        mask = keep if mask_kind == "bool" else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(
+            ~keep, torch.finfo(torch.float64).min)
+    # 40 queries at cache positions 150..189, past L = 128, so the far-field bias is on
+    eager, _ = rotary_window_attention(attn, q, k, v, mask, query_start=150, kernel="eager")
+    fused, _ = rotary_window_attention(attn, q, k, v, mask, query_start=150, kernel="sdpa")
+    assert torch.isfinite(eager).all() and torch.isfinite(fused).all()  # the fully masked row too
+    torch.testing.assert_close(fused, eager, atol=1e-10, rtol=1e-10)
+    used = torch.ones(2, 40, 1, 1, dtype=torch.float64)
+    used[1, 5] = 0  # a fully masked (padding) row's output is never used; its gradient is not compared
+    grads = [torch.autograd.grad((out * used).square().sum(), (q, k, v)) for out in (eager, fused)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
 def test_far_field_is_exactly_off_inside_the_training_length():
@@ -120,9 +148,10 @@ def test_long_inference_is_chunked_without_changing_the_result():
     m = model(rotary_window=48, far_field="log_count")
     attn = m.model.layers[0].self_attn
     q, k, v = (torch.randn(1, 4, 700, 16) for _ in range(3))
-    with torch.enable_grad():
-        whole, _ = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0)
-    with torch.no_grad():
-        chunked, weights = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0)
-    assert weights is None
-    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    for kernel in ("eager", "sdpa"):
+        with torch.enable_grad():
+            whole, _ = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0, kernel=kernel)
+        with torch.no_grad():
+            chunked, weights = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0, kernel=kernel)
+        assert weights is None
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
