@@ -273,6 +273,9 @@ VARIANTS = {
         Variant("p_rope_window64", "p-RoPE (original frequencies in half the pairs); keys 64+ tokens away scored "
                 "by the unrotated pairs only", rope_id(spectrum="original", rotary_window=64),
                 window_evals(spectrum="original", rotary_window=64)),
+        Variant("p_rope75_window64", "p-RoPE with 3/4 of the pairs rotated (original frequencies); keys 64+ tokens "
+                "away scored by the unrotated quarter only", rope_id(spectrum="original", rotary_fraction=0.75,
+                rotary_window=64), window_evals(spectrum="original", rotary_fraction=0.75, rotary_window=64)),
     ]
 }
 
