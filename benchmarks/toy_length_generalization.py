@@ -520,14 +520,17 @@ def aggregate(records: list[dict], metric: str) -> dict[str, dict]:
     return table
 
 
-def markdown_table(table: dict[str, dict], setup: Setup) -> str:
+def markdown_table(table: dict[str, dict], setup: Setup, ratio_column: bool = True) -> str:
+    """One row per evaluation; ``ratio_column``: add "last / 1x" (meaningful for losses, not for gains near 0)."""
     L, lengths = setup.training_length, [str(n) for n in setup.lengths]
-    head = "| model | seeds | " + " | ".join(f"{int(n) // L}x ({n})" for n in lengths) + " | last / 1x |"
-    lines = [head, "|" + "---|" * (3 + len(lengths))]
+    head = "| model | seeds | " + " | ".join(f"{int(n) // L}x ({n})" for n in lengths) + " |"
+    head += " last / 1x |" if ratio_column else ""
+    lines = [head, "|" + "---|" * (2 + len(lengths) + ratio_column)]
     for name, row in table.items():
         cells = [f"{row['mean'][n]:.3f} ± {row['std'][n]:.3f}" if n in row["mean"] else "-" for n in lengths]
-        ratio = row["mean"][lengths[-1]] / row["mean"][lengths[0]] - 1 if lengths[-1] in row["mean"] else None
-        cells.append(f"{ratio:+.1%}" if ratio is not None else "-")
+        if ratio_column:
+            ratio = row["mean"][lengths[-1]] / row["mean"][lengths[0]] - 1 if lengths[-1] in row["mean"] else None
+            cells.append(f"{ratio:+.1%}" if ratio is not None else "-")
         lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -645,7 +648,7 @@ def write_report(out: Path, setup: Setup) -> dict:
         "runs": [{k: r[k] for k in ("variant", "seed", "seconds_per_step", "eval_seconds", "command")} for r in records],
     }
     markdown = "".join(f"{meaning[m][0].upper() + meaning[m][1:]}; mean ± std over seeds.\n\n"
-                       + markdown_table(tables[m], setup) + "\n" for m in tables)
+                       + markdown_table(tables[m], setup, ratio_column=m != "needle_gain") + "\n" for m in tables)
     if checks:
         markdown += goal_markdown(checks, setup)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
