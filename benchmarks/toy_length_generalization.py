@@ -594,23 +594,22 @@ def goal_check(records: list[dict], setup: Setup) -> list[dict]:
     seed (goal: no worse), and whether it is below oracle YaRN of the same seed at every length above L
     and at 1x as well (YaRN = RoPE at 1x).
     """
-    L, lengths = setup.training_length, [str(n) for n in setup.lengths]
+    lengths = [str(n) for n in setup.lengths]
     first, last = lengths[0], lengths[-1]
     losses: dict[tuple[str, int], dict] = {}
     for record in records:
         for name, row in record.get("tail_loss", {}).items():
             losses[(name, record["seed"])] = row
     checks = []
-    rope = "rope"
     for name in dict.fromkeys(name for name, _ in losses):
-        if name.startswith(rope + "+") and name.endswith(ORACLE_EVALS):
+        if name.startswith("rope+") and name.endswith(ORACLE_EVALS):
             continue
-        seeds = sorted(seed for (n, seed) in losses if n == name and (rope + "+yarn", seed) in losses)
+        seeds = sorted(seed for (n, seed) in losses if n == name and ("rope+yarn", seed) in losses)
         if not seeds:
             continue
         own = [losses[(name, s)] for s in seeds]
-        yarn = [losses[(rope + "+yarn", s)] for s in seeds]
-        base = [losses[(rope, s)] for s in seeds]
+        yarn = [losses[("rope+yarn", s)] for s in seeds]
+        base = [losses[("rope", s)] for s in seeds]
         growth = [x[last] / x[first] - 1 for x in own]
         vs_rope = [x[first] - b[first] for x, b in zip(own, base)]
         beats_long = [all(x[n] < y[n] for n in lengths[1:]) for x, y in zip(own, yarn)]
@@ -623,9 +622,9 @@ def goal_check(records: list[dict], setup: Setup) -> list[dict]:
     return checks
 
 
-def goal_markdown(checks: list[dict], setup: Setup) -> str:
-    head = (f"Goal check per seed (tail loss): 16x vs 1x within 5%; 1x no worse than RoPE of the same seed; below "
-            f"oracle YaRN of the same seed at every length. Counts are seeds that pass, of n.\n\n"
+def goal_markdown(checks: list[dict]) -> str:
+    head = ("Goal check per seed (tail loss): 16x vs 1x within 5%; 1x no worse than RoPE of the same seed; below "
+            "oracle YaRN of the same seed at every length. Counts are seeds that pass, of n.\n\n"
             "| row | n | 16x vs 1x (worst seed) | within 5% | 1x minus RoPE's 1x (mean; range) | "
             "below YaRN at 2x..16x | below YaRN at 1x..16x |\n|---|---|---|---|---|---|---|\n")
     lines = []
@@ -661,7 +660,7 @@ def write_report(out: Path, setup: Setup) -> dict:
     markdown = "".join(f"{meaning[m][0].upper() + meaning[m][1:]}; mean ± std over seeds.\n\n"
                        + markdown_table(tables[m], setup, ratio_column=m != "needle_gain") + "\n" for m in tables)
     if checks:
-        markdown += goal_markdown(checks, setup)
+        markdown += goal_markdown(checks)
     write_atomic(out / "results.json", json.dumps(summary, indent=1))
     write_atomic(out / "results.md", markdown)
     plot(tables["tail_loss"], setup, out / "loss_vs_length.png")

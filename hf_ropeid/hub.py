@@ -45,8 +45,9 @@ def push_to_hub(
     """Creates ``repo_id`` if needed (``private``, exist_ok) and uploads ``folder``; returns the commit or PR URL.
 
     A folder written by the converter (conversion.json) or by ``hf-ropeid merge`` from a RoPE-ID base
-    (finetuning.json) gets its README.md re-rendered first, so the card's usage snippet names ``repo_id``. ``revision``: a branch, created if missing;
-    ``create_pr``: open a pull request against the default branch instead of committing to it.
+    (finetuning.json) gets its README.md re-rendered first, so the card's usage snippet names ``repo_id``.
+    ``revision``: a branch, created if missing; ``create_pr``: open a pull request against the default
+    branch instead of committing to it.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError

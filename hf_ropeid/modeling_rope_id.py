@@ -135,6 +135,8 @@ def rotary_window_attention(
         raise ValueError(
             "rotary_window needs a 4-D attention mask; load the model with attn_implementation='sdpa' or 'eager'."
         )
+    if kernel not in ("sdpa", "eager"):
+        raise ValueError(f"Unknown rotary_window kernel {kernel!r}; accepted: 'sdpa', 'eager'.")
     q_len, k_len = query.shape[2], key.shape[2]
     block = 256
     if not torch.is_grad_enabled() and q_len > 2 * block:

@@ -115,7 +115,7 @@ def test_goal_check_compares_each_seed_with_its_own_rope_and_yarn(toy):
     assert cand["seeds"] == [0, 1]
     assert cand["within_5pct"] == 1 and cand["beats_yarn_above_L"] == 1 and cand["beats_yarn_everywhere"] == 0
     assert [round(x, 3) for x in cand["vs_rope_1x"]] == [0.05, -0.02]
-    assert "| cand | 2 | +6.3% | 1/2 | +0.015; -0.020 .. +0.050 | 1/2 | 0/2 |" in toy.goal_markdown(list(checks.values()), setup)
+    assert "| cand | 2 | +6.3% | 1/2 | +0.015; -0.020 .. +0.050 | 1/2 | 0/2 |" in toy.goal_markdown(list(checks.values()))
 
 
 def test_report_without_runs_is_a_clear_error(toy, tmp_path):

@@ -155,3 +155,10 @@ def test_long_inference_is_chunked_without_changing_the_result():
             chunked, weights = rotary_window_attention(attn, q, k[:, :2], v[:, :2], None, query_start=0, kernel=kernel)
         assert weights is None
         torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_window_kernel_is_refused():
+    attn = model(rotary_window=8).model.layers[0].self_attn
+    q = torch.randn(1, 4, 6, 16)
+    with pytest.raises(ValueError, match="accepted: 'sdpa', 'eager'"):
+        rotary_window_attention(attn, q, q[:, :2], q[:, :2], None, query_start=0, kernel="flash")
