@@ -131,9 +131,11 @@ def rotary_window_attention(
     (scores built by hand; returns the weights). Long no-grad inputs are processed 256 queries at a time
     (bounded memory; on CPU this was also the fastest block for the sdpa kernel, of 128..2048).
     """
-    if attention_mask is not None and attention_mask.dim() != 4:
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4):
+        implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
         raise ValueError(
-            "rotary_window needs a 4-D attention mask; load the model with attn_implementation='sdpa' or 'eager'."
+            f"rotary_window needs a 4-D tensor attention mask, which attn_implementation={implementation!r} does "
+            "not build; load the model with attn_implementation='sdpa' (fused) or 'eager'."
         )
     if kernel not in ("sdpa", "eager"):
         raise ValueError(f"Unknown rotary_window kernel {kernel!r}; accepted: 'sdpa', 'eager'.")

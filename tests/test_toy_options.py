@@ -162,3 +162,10 @@ def test_unknown_window_kernel_is_refused():
     q = torch.randn(1, 4, 6, 16)
     with pytest.raises(ValueError, match="accepted: 'sdpa', 'eager'"):
         rotary_window_attention(attn, q, q[:, :2], q[:, :2], None, query_start=0, kernel="flash")
+
+
+def test_flex_attention_masks_get_a_clear_error():
+    m = model(rotary_window=8)
+    m.set_attn_implementation("flex_attention")
+    with pytest.raises(ValueError, match="attn_implementation='flex_attention' does not build"):
+        m(input_ids=torch.randint(0, 256, (1, 20)))
