@@ -10,7 +10,20 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from .rope_id import ROPE_TYPE, RopeIDParameters
+from .rope_id import ROPE_TYPE, RopeIDParameters, explicit_rope_parameters, rope_id_settings
+
+
+def validate_rope_id_rope_parameters(
+    config: Any, rope_parameters: dict[str, Any], ignore_keys: set[str] | None = None
+) -> None:
+    """``_validate_rope_id_rope_parameters``, the hook transformers' ``validate_rope()`` looks up by name.
+
+    RopeIDConfig has it as a method; ``import hf_ropeid`` also puts it on PreTrainedConfig, for stock
+    configs. It runs when a config is constructed or saved, when the sizes may not be final yet, so it
+    checks every setting except those that depend on the head size: those are checked when a model
+    is built (``RopeIDParameters.from_config``). Raises RopeIDParameterError (a ValueError).
+    """
+    rope_id_settings(dict(rope_parameters), default_training_length=config.max_position_embeddings)
 
 
 class RopeIDConfig(LlamaConfig):
@@ -23,7 +36,12 @@ class RopeIDConfig(LlamaConfig):
       was (pre)trained at. Raise ``max_position_embeddings`` freely; ``L`` stays put.
     - ``rotary_fraction`` (0.5), ``shortest_period`` (32), ``turns_per_training_length`` (2),
       ``spectrum`` ("rope_id" | "original" | "minimal"), ``temperature``
-      ("query_log" | "length_log" | "none"), ``temperature_coefficient`` (0.1), ``rope_theta``.
+      ("query_log" | "length_log" | "none"), ``temperature_coefficient`` (0.1), ``rope_theta``,
+      and the experimental ``rotary_window`` (None) and ``far_field`` ("none").
+
+    Like every transformers config it constructs from any sizes; checks that depend on the head size
+    (``head_dim`` even, ``rotary_fraction`` a whole number of pairs) run when a model is built, or in
+    ``from_llama_config``, whose sizes are those of an existing model.
 
     Example:
 
@@ -48,20 +66,13 @@ class RopeIDConfig(LlamaConfig):
         rope_type = self.rope_parameters.get("rope_type")
         if rope_type != ROPE_TYPE:
             raise ValueError(
-                f"RopeIDConfig needs rope_parameters['rope_type'] == 'rope_id', got {rope_type!r}. "
-                "Use LlamaConfig for other rope types, or RopeIDConfig.from_llama_config(...) to convert."
+                f"RopeIDConfig got rope_type {rope_type!r}, but it only supports rope_type 'rope_id': set "
+                "rope_parameters={'rope_type': 'rope_id', ...} for RoPE-ID positions, or use a stock LlamaConfig "
+                f"for rope_type {rope_type!r}."
             )
-        explicit = RopeIDParameters.from_config(self).to_rope_parameters()
-        self.rope_parameters = explicit
+        self.rope_parameters = explicit_rope_parameters(self.rope_parameters, self.max_position_embeddings)
 
-    def _validate_rope_id_rope_parameters(
-        self, rope_parameters: dict[str, Any], ignore_keys: set[str] | None = None
-    ) -> None:
-        # Called by transformers' validate_rope(); raises RopeIDParameterError (a ValueError).
-        head_dim = getattr(self, "head_dim", None) or self.hidden_size // self.num_attention_heads
-        RopeIDParameters.from_rope_parameters(
-            dict(rope_parameters), head_dim=head_dim, default_training_length=self.max_position_embeddings
-        )
+    _validate_rope_id_rope_parameters = validate_rope_id_rope_parameters
 
     @classmethod
     def from_llama_config(cls, llama_config: LlamaConfig, **rope_id_parameters: Any) -> "RopeIDConfig":
@@ -83,7 +94,9 @@ class RopeIDConfig(LlamaConfig):
         if source_rope.get("rope_type") == ROPE_TYPE:
             rope.update(source_rope)
         rope.update({k: v for k, v in rope_id_parameters.items() if v is not None})
-        return cls(**values, rope_parameters=rope)
+        config = cls(**values, rope_parameters=rope)
+        RopeIDParameters.from_config(config)  # the sizes are an existing model's, so final: check them now
+        return config
 
 
-__all__ = ["RopeIDConfig"]
+__all__ = ["RopeIDConfig", "validate_rope_id_rope_parameters"]

@@ -98,20 +98,18 @@ def capture_queries_keys(
     finally:
         for handle in handles:
             handle.remove()
-    # Stock rotary modules return (cos, sin); RoPE-ID's returns (cos, sin, query_cos, query_sin),
-    # the query's pair carrying the temperature.
-    rotary = [t[0].float()[None] for t in captured["rotary"]]  # each [1, n, d]
-    if len(rotary) not in (2, 4):
-        raise RuntimeError(f"Unexpected rotary output of {len(rotary)} tensors; expected (cos, sin) or 4 with the query's.")
-    key_cos, key_sin = rotary[0], rotary[1]
-    query_cos, query_sin = (rotary[2], rotary[3]) if len(rotary) == 4 else (key_cos, key_sin)
+    cos, sin = (t[0].float()[None] for t in captured["rotary"])  # each [1, n, d]
     out = {}
     for layer in layers:
-        head_dim = decoder.layers[layer].self_attn.head_dim
+        attention = decoder.layers[layer].self_attn
+        head_dim = attention.head_dim
         q = captured[(layer, "q_proj")].unflatten(-1, (-1, head_dim)).transpose(0, 1).float()  # [heads, n, d]
         k = captured[(layer, "k_proj")].unflatten(-1, (-1, head_dim)).transpose(0, 1).float()
-        q_rot = q * query_cos + rotate_half(q) * query_sin
-        k_rot = k * key_cos + rotate_half(k) * key_sin
+        q_rot = q * cos + rotate_half(q) * sin
+        k_rot = k * cos + rotate_half(k) * sin
+        rope_id = getattr(attention, "rope_id", None)  # LlamaRopeIDAttention: queries carry the temperature
+        if rope_id is not None:
+            q_rot = q_rot * rope_id.query_scale(torch.arange(q.shape[1], device=q.device))[:, None]
         out[layer] = (q_rot, k_rot)
     return out
 

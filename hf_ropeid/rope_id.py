@@ -108,16 +108,21 @@ class RopeIDParameters:
     def longest_period(self) -> float:
         return self.training_length / self.turns_per_training_length
 
+    def query_scale(self, positions: torch.Tensor) -> torch.Tensor:
+        """The temperature's multiplier for the query at each 0-based position (float32, shape of ``positions``)."""
+        return query_temperature(positions, self.training_length, self.temperature, self.temperature_coefficient)
+
     @classmethod
     def from_config(cls, config: Any) -> "RopeIDParameters":
         """Reads any transformers config whose ``rope_parameters`` has ``rope_type == "rope_id"``.
 
         Duck-typed on purpose (no transformers import): works for Llama, Mistral, Qwen2 and
-        RopeIDConfig alike. The training length defaults to ``max_position_embeddings``.
+        RopeIDConfig alike. The training length defaults to ``max_position_embeddings``. Every
+        check runs here, including those that depend on the head size: call it where the
+        config's shape is final (when a model is built).
         """
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls.from_rope_parameters(
-            dict(config.rope_parameters), head_dim=head_dim, default_training_length=config.max_position_embeddings
+            dict(config.rope_parameters), head_dim=head_dim_of(config), default_training_length=config.max_position_embeddings
         )
 
     @classmethod
@@ -125,21 +130,7 @@ class RopeIDParameters:
         cls, rope_parameters: dict[str, Any], head_dim: int, default_training_length: int
     ) -> "RopeIDParameters":
         """Reads a transformers ``rope_parameters`` dict (unknown keys are an error)."""
-        known = set(PARAMETER_KEYS) | {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
-        unknown = sorted(set(rope_parameters) - known)
-        if unknown:
-            raise RopeIDParameterError(
-                f"Unknown rope_parameters key(s) for rope_type 'rope_id': {unknown}. "
-                f"Accepted keys: {sorted(PARAMETER_KEYS) + ['rope_theta', 'rope_type']}."
-            )
-        if rope_parameters.get("partial_rotary_factor", 1.0) not in (1.0, None):
-            raise RopeIDParameterError(
-                "rope_type 'rope_id' does not use 'partial_rotary_factor' (it crashes Llama's "
-                "rotary code); set 'rotary_fraction' instead."
-            )
-        values = {k: rope_parameters[k] for k in PARAMETER_KEYS if rope_parameters.get(k) is not None}
-        values.setdefault("training_length", default_training_length)
-        return cls(head_dim=head_dim, rope_theta=rope_parameters.get("rope_theta", 10_000.0), **values)
+        return cls(head_dim=head_dim, **rope_id_settings(rope_parameters, default_training_length))
 
     def to_rope_parameters(self) -> dict[str, Any]:
         """The ``rope_parameters`` dict that reproduces these settings (every key explicit)."""
@@ -152,64 +143,113 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def head_dim_of(config: Any) -> int:
+    """Channels per attention head of a transformers config: ``head_dim`` if set, else ``hidden_size // num_attention_heads``."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def rope_id_settings(rope_parameters: dict[str, Any], default_training_length: int) -> dict[str, Any]:
+    """Every RoPE-ID setting of a ``rope_parameters`` dict (defaults filled in), all but ``head_dim``.
+
+    Checks what can be checked without the head size (names, ranges, periods against the training
+    length); the head-size checks run when a RopeIDParameters is made, i.e. when a model is built.
+    That split lets a config be constructed from any sizes, as every transformers config can.
+    """
+    known = set(PARAMETER_KEYS) | {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
+    unknown = sorted(set(rope_parameters) - known)
+    if unknown:
+        raise RopeIDParameterError(
+            f"Unknown rope_parameters key(s) for rope_type 'rope_id': {unknown}. "
+            f"Accepted keys: {sorted(PARAMETER_KEYS) + ['rope_theta', 'rope_type']}."
+        )
+    if rope_parameters.get("partial_rotary_factor", 1.0) not in (1.0, None):
+        raise RopeIDParameterError(
+            "rope_type 'rope_id' does not use 'partial_rotary_factor' (it crashes Llama's "
+            "rotary code); set 'rotary_fraction' instead."
+        )
+    settings = {f.name: f.default for f in fields(RopeIDParameters) if f.name != "head_dim"}
+    settings["training_length"] = default_training_length
+    settings.update({k: rope_parameters[k] for k in PARAMETER_KEYS if rope_parameters.get(k) is not None})
+    settings["rope_theta"] = rope_parameters.get("rope_theta", settings["rope_theta"])
+    _validate_settings(settings)
+    return settings
+
+
+def explicit_rope_parameters(rope_parameters: dict[str, Any], default_training_length: int) -> dict[str, Any]:
+    """The ``rope_parameters`` dict with every RoPE-ID key written out (checked as in ``rope_id_settings``)."""
+    return {"rope_type": ROPE_TYPE, **rope_id_settings(rope_parameters, default_training_length)}
+
+
 def validate(p: RopeIDParameters) -> None:
     """Raises RopeIDParameterError with an actionable message for any out-of-range setting."""
-    for f in fields(p):
-        value = getattr(p, f.name)
-        if f.name in ("spectrum", "temperature", "far_field") or (f.name == "rotary_window" and value is None):
+    values = asdict(p)
+    _validate_settings(values)
+    _validate_head_dim(values)
+
+
+def _validate_settings(v: dict[str, Any]) -> None:
+    """The checks that do not depend on the head size."""
+    for name, value in v.items():
+        if name in ("head_dim", "spectrum", "temperature", "far_field") or (name == "rotary_window" and value is None):
             continue
         if not _is_number(value) or value <= 0:
-            raise RopeIDParameterError(f"rope_id parameter '{f.name}' must be a positive number, got {value!r}.")
-    if int(p.head_dim) != p.head_dim or p.head_dim % 2:
+            raise RopeIDParameterError(f"rope_id parameter '{name}' must be a positive number, got {value!r}.")
+    if int(v["training_length"]) != v["training_length"] or v["training_length"] < 2:
         raise RopeIDParameterError(
-            f"head_dim must be even (channel i pairs with i + head_dim/2), got {p.head_dim}."
+            f"training_length must be a whole number of tokens, at least 2, got {v['training_length']}."
         )
-    if int(p.training_length) != p.training_length or p.training_length < 2:
+    if not 0 < v["rotary_fraction"] <= 1:
         raise RopeIDParameterError(
-            f"training_length must be a whole number of tokens, at least 2, got {p.training_length}."
+            f"rotary_fraction must be in (0, 1], got {v['rotary_fraction']} (0.5 rotates half of each head, as in the paper)."
         )
-    if not 0 < p.rotary_fraction <= 1:
+    if v["spectrum"] not in SPECTRA:
+        raise RopeIDParameterError(f"Unknown spectrum {v['spectrum']!r}; accepted: {', '.join(SPECTRA)}.")
+    if v["temperature"] not in TEMPERATURES:
+        raise RopeIDParameterError(f"Unknown temperature {v['temperature']!r}; accepted: {', '.join(TEMPERATURES)}.")
+    window = v["rotary_window"]
+    if window is not None and int(window) != window:
+        raise RopeIDParameterError(f"rotary_window must be a whole number of tokens or None (off), got {window!r}.")
+    if v["far_field"] not in FAR_FIELDS:
+        raise RopeIDParameterError(f"Unknown far_field {v['far_field']!r}; accepted: {', '.join(FAR_FIELDS)}.")
+    if v["far_field"] != "none" and (window is None or window > v["training_length"] - 2):
         raise RopeIDParameterError(
-            f"rotary_fraction must be in (0, 1], got {p.rotary_fraction} (0.5 rotates half of each head, as in the paper)."
+            f"far_field {v['far_field']!r} needs a rotary_window of at most training_length - 2 = "
+            f"{v['training_length'] - 2} tokens (it weighs the keys beyond the window), got {window!r}."
         )
-    exact = p.rotary_fraction * p.num_pairs
+    if v["spectrum"] != "original":
+        longest_period = v["training_length"] / v["turns_per_training_length"]
+        if v["shortest_period"] < 2:
+            raise RopeIDParameterError(
+                f"shortest_period must be at least 2 tokens (a faster rotation aliases), got {v['shortest_period']}."
+            )
+        if v["shortest_period"] >= longest_period:
+            raise RopeIDParameterError(
+                f"shortest_period ({v['shortest_period']}) must be shorter than training_length / "
+                f"turns_per_training_length = {v['training_length']} / {v['turns_per_training_length']} = "
+                f"{longest_period:g} tokens, the period of the slowest rotated pair."
+            )
+
+
+def _validate_head_dim(v: dict[str, Any]) -> None:
+    """The checks that depend on the head size (final only once a model is built)."""
+    head_dim = v["head_dim"]
+    if not _is_number(head_dim) or head_dim <= 0:
+        raise RopeIDParameterError(f"rope_id parameter 'head_dim' must be a positive number, got {head_dim!r}.")
+    if int(head_dim) != head_dim or head_dim % 2:
+        raise RopeIDParameterError(f"head_dim must be even (channel i pairs with i + head_dim/2), got {head_dim}.")
+    num_pairs = head_dim // 2
+    exact = v["rotary_fraction"] * num_pairs
     if abs(exact - round(exact)) > 1e-6:
-        step = 1 / p.num_pairs
+        step = 1 / num_pairs
         raise RopeIDParameterError(
-            f"rotary_fraction {p.rotary_fraction} gives {exact:g} rotated pairs for head_dim {p.head_dim}; "
-            f"it must be a multiple of 1/{p.num_pairs} (e.g. {math.floor(exact) * step:g} or {math.ceil(exact) * step:g})."
+            f"rotary_fraction {v['rotary_fraction']} gives {exact:g} rotated pairs for head_dim {head_dim}; "
+            f"it must be a multiple of 1/{num_pairs} (e.g. {math.floor(exact) * step:g} or {math.ceil(exact) * step:g})."
         )
-    if p.spectrum not in SPECTRA:
-        raise RopeIDParameterError(f"Unknown spectrum {p.spectrum!r}; accepted: {', '.join(SPECTRA)}.")
-    if p.temperature not in TEMPERATURES:
-        raise RopeIDParameterError(f"Unknown temperature {p.temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
-    if p.rotary_window is not None and int(p.rotary_window) != p.rotary_window:
+    if v["spectrum"] != "original" and int(round(exact)) < 2:
         raise RopeIDParameterError(
-            f"rotary_window must be a whole number of tokens or None (off), got {p.rotary_window!r}."
+            f"The '{v['spectrum']}' spectrum spaces frequencies between two ends and needs at least 2 rotated "
+            f"pairs; rotary_fraction {v['rotary_fraction']} with head_dim {head_dim} gives {int(round(exact))}."
         )
-    if p.far_field not in FAR_FIELDS:
-        raise RopeIDParameterError(f"Unknown far_field {p.far_field!r}; accepted: {', '.join(FAR_FIELDS)}.")
-    if p.far_field != "none" and (p.rotary_window is None or p.rotary_window > p.training_length - 2):
-        raise RopeIDParameterError(
-            f"far_field {p.far_field!r} needs a rotary_window of at most training_length - 2 = "
-            f"{p.training_length - 2} tokens (it weighs the keys beyond the window), got {p.rotary_window!r}."
-        )
-    if p.spectrum != "original":
-        if p.num_rotated_pairs < 2:
-            raise RopeIDParameterError(
-                f"The '{p.spectrum}' spectrum spaces frequencies between two ends and needs at least 2 rotated "
-                f"pairs; rotary_fraction {p.rotary_fraction} with head_dim {p.head_dim} gives {p.num_rotated_pairs}."
-            )
-        if p.shortest_period < 2:
-            raise RopeIDParameterError(
-                f"shortest_period must be at least 2 tokens (a faster rotation aliases), got {p.shortest_period}."
-            )
-        if p.shortest_period >= p.longest_period:
-            raise RopeIDParameterError(
-                f"shortest_period ({p.shortest_period}) must be shorter than training_length / "
-                f"turns_per_training_length = {p.training_length} / {p.turns_per_training_length} = "
-                f"{p.longest_period:g} tokens, the period of the slowest rotated pair."
-            )
 
 
 def original_inv_freq(head_dim: int, rope_theta: float) -> torch.Tensor:
@@ -276,6 +316,20 @@ def far_field_bias(
     bias = -torch.log(count / limit)[:, None]
     far = (query_positions[:, None] - key_positions[None, :] >= rotary_window) & (key_positions[None, :] > 0)
     return (bias * far).to(torch.float32)
+
+
+def scale_queries(query: torch.Tensor, position_ids: torch.Tensor, p: RopeIDParameters) -> torch.Tensor:
+    """Rotated queries ``[batch, heads, seq, head_dim]`` times the temperature of each one's position.
+
+    ``position_ids``: ``[batch or 1, seq]`` (or ``[seq]``), the positions the rotation used. The product is
+    formed in at least float32 and rounded once to the query's dtype; inside the training length the
+    multiplier is exactly 1, so those queries come back unchanged.
+    """
+    if p.temperature == "none":
+        return query
+    scale = p.query_scale(position_ids.to(query.device))
+    scale = scale.reshape(-1, 1, query.shape[-2], 1)  # [batch or 1, 1, seq, 1]
+    return (query * scale).to(query.dtype)
 
 
 def query_temperature(

@@ -56,7 +56,7 @@ def test_config_defaults_are_written_out_and_other_rope_types_refused():
     rp = config.rope_parameters
     assert rp["rope_type"] == "rope_id" and rp["training_length"] == 2048 and rp["rope_theta"] == 10_000.0
     assert rp["rotary_fraction"] == 0.5 and rp["shortest_period"] == 32 and rp["temperature"] == "query_log"
-    with pytest.raises(ValueError, match="needs rope_parameters\\['rope_type'\\] == 'rope_id'"):
+    with pytest.raises(ValueError, match="got rope_type 'yarn', but it only supports rope_type 'rope_id'"):
         RopeIDConfig(**{**TINY, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}})
     with pytest.raises(RopeIDParameterError, match="multiple of 1/8"):
         RopeIDConfig.from_llama_config(tiny_llama_config(), rotary_fraction=0.3)
@@ -95,25 +95,17 @@ def test_temperature_multiplies_queries_only():
     assert (w_hot[:, 150] - w_cold[:, 150]).abs().max() > 1e-3  # the temperature did something
 
 
-def test_rotary_module_reports_the_query_temperature():
-    llama = tiny_llama()
-    hot = rope_id_twin(llama, **SMALL_L)
-    ids = torch.randint(0, 256, (1, 200))
-    captured = {}
-
-    def hook(module, args, kwargs, output):
-        cos, sin, query_cos, query_sin = output
-        # The last channel of the first half is unrotated (cos = 1): its query_cos is the temperature.
-        assert torch.all(cos[..., 7] == 1)
-        captured["scale"] = query_cos[..., 7]
-        torch.testing.assert_close(query_sin, sin * query_cos[..., 7:8])
-
-    hot.model.rotary_emb.register_forward_hook(hook, with_kwargs=True)
-    with torch.no_grad():
-        hot(ids)
-    p = torch.arange(1, 201, dtype=torch.float64)
-    expected = (1 + 0.1 * torch.log(torch.clamp(p, min=64) / 64)) ** 2
-    torch.testing.assert_close(captured["scale"][0].double(), expected, rtol=1e-6, atol=0)
+def test_rotary_module_returns_cos_sin_like_every_transformers_rotary_module():
+    model = rope_id_twin(tiny_llama(), **SMALL_L)
+    x = torch.zeros(1, 200, 64)
+    position_ids = torch.arange(200)[None]
+    cos, sin = model.model.rotary_emb(x, position_ids)
+    assert cos.shape == sin.shape == (1, 200, 16) and cos.dtype == torch.float32
+    angles = position_ids[..., None].double() * inv_freq(RopeIDParameters.from_config(model.config))
+    angles = torch.cat((angles, angles), dim=-1)
+    torch.testing.assert_close(cos, angles.cos().float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sin, angles.sin().float(), rtol=0, atol=1e-6)
+    assert torch.all(cos[..., 7] == 1) and torch.all(sin[..., 7] == 0)  # unrotated pair: no temperature here
 
 
 @pytest.mark.parametrize("temperature", ["query_log", "length_log", "none"])
@@ -186,7 +178,7 @@ def test_phases_at_a_million_are_as_precise_as_at_a_thousand():
 
     def logit(pq, pk):
         pos = torch.tensor([[pq, pk]])
-        cos, sin, _, _ = rotary(q, pos)
+        cos, sin = rotary(q, pos)
         rq, _ = apply_rotary_pos_emb(q, q, cos[:, :1], sin[:, :1])
         rk, _ = apply_rotary_pos_emb(k, k, cos[:, 1:], sin[:, 1:])
         return (rq * rk).sum().item()
@@ -200,7 +192,7 @@ def test_phases_at_a_million_are_as_precise_as_at_a_thousand():
     # Stock float32 angles drift visibly at the same positions: the check above has teeth.
     llama_rotary = LlamaForCausalLM(tiny_llama_config(rope_parameters={"rope_type": "rope_id", "training_length": 4096, "rope_theta": 1e4})).model.rotary_emb
     cos32, sin32 = llama_rotary(q, torch.tensor([[123_456_789 + 33]]))
-    cos64, sin64, _, _ = rotary(q, torch.tensor([[123_456_789 + 33]]))
+    cos64, sin64 = rotary(q, torch.tensor([[123_456_789 + 33]]))
     assert (cos32 - cos64).abs().max() > 1e-3
 
 

@@ -42,8 +42,8 @@ def saved_rope_id(tmp_path):
 
 def test_saved_files_are_flat_and_import_nothing_of_the_package(saved_rope_id):
     files = sorted(p.name for p in saved_rope_id.iterdir())
-    assert {"configuration_rope_id.py", "modeling_rope_id.py", "rope_id.py", "config.json", "model.safetensors"} <= set(files)
-    for name in ("configuration_rope_id.py", "modeling_rope_id.py", "rope_id.py"):
+    assert {"configuration_rope_id.py", "modeling_rope_id.py", "rope_id.py", "rotary_window.py", "config.json", "model.safetensors"} <= set(files)
+    for name in ("configuration_rope_id.py", "modeling_rope_id.py", "rope_id.py", "rotary_window.py"):
         tree = ast.parse((saved_rope_id / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -104,3 +104,42 @@ def test_clear_import_error_on_transformers_older_than_5(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "ERR: RoPE-ID models need transformers>=5.24.0" in result.stdout, result.stdout + result.stderr
     assert "found 4.57.1" in result.stdout
+
+
+def test_windowed_checkpoint_runs_its_own_attention_without_the_package(tmp_path):
+    """rotary_window.py travels with the checkpoint: same logits, and the same refusal of other kernels."""
+    llama = tiny_llama()
+    config = RopeIDConfig.from_llama_config(
+        llama.config, training_length=64, shortest_period=8.0, rotary_window=24, far_field="log_count"
+    )
+    model = LlamaRopeIDForCausalLM(config).eval()
+    model.load_state_dict(llama.state_dict())
+    path = tmp_path / "windowed"
+    model.save_pretrained(path)
+    assert (path / "rotary_window.py").is_file()
+    ids = torch.randint(0, 256, (1, 200))  # beyond L: far keys and the far-field bias matter
+    with torch.no_grad():
+        torch.save({"ids": ids, "logits": model(ids).logits}, tmp_path / "expected.pt")
+    result = run_hidden(
+        f"""
+        import torch
+        from transformers import AutoModelForCausalLM
+        path = {str(path)!r}
+        expected = torch.load({str(tmp_path / 'expected.pt')!r})
+        lm = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, attn_implementation="sdpa").eval()
+        functions = lm.model.layers[0].self_attn.attention_functions
+        assert type(functions).__module__.startswith("transformers_modules"), type(functions).__module__
+        assert type(functions).__module__.endswith("rotary_window"), type(functions).__module__
+        with torch.no_grad():
+            assert torch.equal(lm(expected["ids"]).logits, expected["logits"]), "logits differ"
+        try:
+            AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, attn_implementation="flex_attention")
+        except ValueError as err:
+            assert "need attn_implementation 'eager' or 'sdpa'" in str(err), err
+        else:
+            raise SystemExit("flex_attention was not refused")
+        print("REMOTE_WINDOW_OK")
+        """,
+        tmp_path,
+    )
+    assert "REMOTE_WINDOW_OK" in result.stdout, result.stdout + result.stderr

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_llama_config
 
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
-from hf_ropeid.modeling_rope_id import rotary_window_attention
+from hf_ropeid.rotary_window import rotary_window_attention
 from hf_ropeid.rope_id import RopeIDParameterError, RopeIDParameters, far_field_bias
 
 L = 128  # tiny_llama_config's max_position_embeddings = training length
@@ -164,8 +164,18 @@ def test_unknown_window_kernel_is_refused():
         rotary_window_attention(attn, q, q[:, :2], q[:, :2], None, query_start=0, kernel="flash")
 
 
-def test_flex_attention_masks_get_a_clear_error():
+@pytest.mark.parametrize("implementation", ["flex_attention", "flash_attention_2"])
+def test_implementations_without_the_window_kernels_get_a_clear_error(implementation):
     m = model(rotary_window=8)
-    m.set_attn_implementation("flex_attention")
-    with pytest.raises(ValueError, match="attn_implementation='flex_attention' does not build"):
+    with pytest.raises(ValueError, match=f"need attn_implementation 'eager' or 'sdpa'.*{implementation!r}"):
+        m.set_attn_implementation(implementation)
+    m.config._attn_implementation = implementation  # behind transformers' back: refused at the call
+    with pytest.raises(ValueError, match=f"need attn_implementation 'eager' or 'sdpa'.*{implementation!r}"):
         m(input_ids=torch.randint(0, 256, (1, 20)))
+
+
+def test_a_bad_mask_reaching_the_window_kernel_gets_a_clear_error():
+    attn = model(rotary_window=8).model.layers[0].self_attn
+    q = torch.randn(1, 4, 6, 16)
+    with pytest.raises(ValueError, match="needs a 4-D tensor attention mask"):
+        rotary_window_attention(attn, q, q[:, :2], q[:, :2], torch.ones(1, 6, dtype=torch.bool), query_start=0)
