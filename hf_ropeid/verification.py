@@ -10,7 +10,9 @@ which ``import hf_ropeid`` fails and ``HF_MODULES_CACHE`` is a temporary folder.
 The report is written to ``verification.json`` in the folder; problems raise VerificationError.
 
 This file must run without the package: torch, transformers, safetensors and the standard
-library only, no relative imports.
+library only, no relative imports. That is the only reason ``perplexity_at_lengths`` below is a
+second perplexity pass beside the package's one (``hf_ropeid.evaluation.passes.token_losses``):
+the child process cannot import it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:  # inside the package; the verification child runs this file where hf_ropeid cannot be imported
+    from .errors import HfRopeIDError
+except ImportError:
+
+    class HfRopeIDError(Exception):  # stands in for the package's base class in the child process
+        pass
 
 DEFAULT_LENGTHS = (256, 1024, 2048)
 
@@ -45,7 +54,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-class VerificationError(RuntimeError):
+class VerificationError(HfRopeIDError, RuntimeError):
     """The converted checkpoint failed a check; the message lists the problems."""
 
 

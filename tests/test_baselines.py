@@ -11,7 +11,7 @@ from conftest import tiny_llama, tiny_llama_config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
-from hf_ropeid.baselines import (
+from hf_ropeid.evaluation.baselines import (
     VARIANTS,
     BaselineError,
     available_variants,

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDParameterError
 from hf_ropeid import conversion
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.conversion import (
     ConversionError,
     auto_rotary_fraction,
@@ -328,7 +329,7 @@ def test_force_replaces_and_refusal_keeps_an_existing_target(tiny_llama_dir, tmp
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ConversionError, match="not empty; pass --force"):
+    with pytest.raises(TargetExistsError, match="not empty; pass --force"):
         convert_checkpoint(tiny_llama_dir, target, verify=False)
     assert (target / "keep.txt").read_text() == "mine"
     convert_checkpoint(tiny_llama_dir, target, verify=False, force=True)
@@ -511,13 +512,18 @@ def test_cli_convert_and_its_errors(tiny_llama_dir, tmp_path):
     runner = CliRunner()
     target = tmp_path / "cli-out"
     args = ["convert", str(tiny_llama_dir), str(target), "--no-verify", "--spectrum", "rope_id", "--rotary-fraction", "0.5",
-            "--train-length", "96"]
+            "--training-length", "96"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rope = json.loads((target / "config.json").read_text())["rope_parameters"]
     assert (rope["spectrum"], rope["rotary_fraction"], rope["training_length"]) == ("rope_id", 0.5, 96)
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "not empty; pass --force" in again.output
+    assert again.exit_code == 2 and "error: " in again.output and "not empty; pass --force" in again.output
+    assert "Traceback" not in again.output
+    old_spelling = runner.invoke(app, [*args[:-2], "--train-length", "96", "--turns", "2.5", "--force"])  # hidden aliases
+    assert old_spelling.exit_code == 0, old_spelling.output
+    rope = json.loads((target / "config.json").read_text())["rope_parameters"]
+    assert (rope["training_length"], rope["turns_per_training_length"]) == (96, 2.5)
     bad = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "x"), "--rotary-fraction", "half"])
     assert bad.exit_code == 2 and "is not understood" in bad.output
     out_of_range = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "y"), "--no-verify", "--rotary-fraction", "2"])

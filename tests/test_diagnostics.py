@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import tiny_llama
 
-from hf_ropeid.baselines import build_variant
-from hf_ropeid.diagnostics import (
+from hf_ropeid.evaluation.baselines import build_variant
+from hf_ropeid.evaluation.diagnostics import (
     capture_queries_keys,
     channel_groups,
     diagnose,

@@ -15,6 +15,7 @@ from conftest import HIDE_PACKAGE
 from test_training import arguments, save_rope_id_base, write_corpus
 from typer.testing import CliRunner
 
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.merge import MergeError, merge_adapter
 from hf_ropeid.training import train
 
@@ -92,7 +93,7 @@ def test_no_overwrite_without_force_and_no_half_written_folder(trained, tmp_path
 
     (tmp_path / "merged").mkdir()
     (tmp_path / "merged" / "keep.txt").write_text("mine")
-    with pytest.raises(MergeError, match="pass --force"):
+    with pytest.raises(TargetExistsError, match="not empty; pass --force"):
         merge_adapter(trained.adapter, tmp_path / "merged")
 
     def crash(self, *args, **kwargs):
@@ -141,7 +142,7 @@ def test_cli_merges_and_pushes_like_the_converter(trained, tmp_path, monkeypatch
     assert 'model_id = "me/tiny-lora"' in readme and "base_model: me/tiny" in readme
 
     bad = runner.invoke(app, ["merge", str(tmp_path), str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "not a peft adapter folder" in bad.output
+    assert bad.exit_code == 2 and "error: " in bad.output and "not a peft adapter folder" in bad.output
 
 
 def test_a_later_push_renders_the_merged_card_for_its_repo(trained, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from conftest import byte_tokenizer
 from torch import nn
 
-from hf_ropeid.retrieval import (
+from hf_ropeid.evaluation.retrieval import (
     MULTIKEY_NEEDLE,
     RetrievalError,
     multikey_sample,

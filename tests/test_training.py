@@ -49,7 +49,7 @@ def arguments(base, corpus, out, **overrides) -> FinetuneArguments:
                   eval_lengths=[32, 64], eval_tokens=128, max_steps=4, lora_r=4, lora_alpha=8, learning_rate=1e-2,
                   lora_dropout=0.1)
     values.update(overrides)
-    return FinetuneArguments(**values)
+    return FinetuneArguments.from_flat(**values)
 
 
 def test_lora_run_learns_logs_and_saves_an_adapter_peft_reloads(rope_id_base, corpus, tmp_path):
@@ -201,7 +201,7 @@ def test_cli_runs_and_reports_errors(rope_id_base, corpus, tmp_path):
     assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"] and adapter_config["r"] == 2
     bad = runner.invoke(app, ["finetune", "--model", str(rope_id_base), "--data", str(tmp_path / "nope.txt"),
                               "--output-dir", str(tmp_path / "bad")])
-    assert bad.exit_code == 1 and "does not exist" in bad.output
+    assert bad.exit_code == 2 and "error: " in bad.output and "does not exist" in bad.output
 
 
 def test_activation_checkpointing_changes_memory_not_results(rope_id_base, corpus, tmp_path):

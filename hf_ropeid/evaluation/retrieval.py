@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from ..errors import HfRopeIDError
+from .passes import batch_size_for, final_hidden_states, logits_from_hidden
+
 TASKS = ("passkey", "multikey")
 
 PASSKEY_INSTRUCTION = "A pass key is hidden in the text below. Find it and remember it.\n"
@@ -39,7 +42,7 @@ KEY_WORDS = (
 )
 
 
-class RetrievalError(ValueError):
+class RetrievalError(HfRopeIDError, ValueError):
     """Bad retrieval settings; the message says what is accepted."""
 
 
@@ -166,7 +169,6 @@ def score_answers(model, input_ids: torch.Tensor, answer_lengths: Sequence[int])
 
     Returns (greedy exact match, answer log-probability in nats) per prompt.
     """
-    from .evaluation import final_hidden_states, logits_from_hidden
 
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
@@ -187,7 +189,6 @@ def score_task(
     model, samples: Sequence[Sample], depths: Sequence[float], batch_size: int = 8, token_budget: int = 32768
 ) -> dict[str, Any]:
     """Accuracy overall and per depth, plus mean answer log-probability; ``accuracy`` None if no sample fits."""
-    from .evaluation import batch_size_for
 
     if not samples:
         return {"accuracy": None, "samples": 0, "answer_logprob": None, "by_depth": {}, "skipped": "too short"}

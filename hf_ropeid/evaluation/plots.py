@@ -10,7 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from ..errors import require
+
+require("matplotlib", "eval", "Plotting the evaluation report")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # no display needed; must come before pyplot is imported
 

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import rotate_half
 
+from .passes import bucket_means
+
 
 def singular_value_stats(matrix: torch.Tensor) -> dict[str, float | None]:
     """``first_singular_share`` and ``stable_rank`` of a ``[rows, columns]`` matrix (None for a zero matrix)."""
@@ -135,7 +137,6 @@ def diagnose(
     Returns per layer/head curves (bucketed over query positions) and cluster statistics, plus a
     ``summary`` averaged over the chosen heads.
     """
-    from .evaluation import bucket_means
 
     config = model.config
     num_layers, num_heads = config.num_hidden_layers, config.num_attention_heads
