@@ -11,6 +11,7 @@ import torch
 from conftest import byte_tokenizer, tiny_llama
 from typer.testing import CliRunner
 
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.conversion import convert_model
 from hf_ropeid.training import FinetuneArguments, TrainingError, list_checkpoints, read_log, train
 
@@ -167,7 +168,7 @@ def test_out_of_range_arguments(overrides, message, tmp_path):
 def test_bad_runs_fail_before_training(rope_id_base, corpus, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(TrainingError, match="not empty; pass --force"):
+    with pytest.raises(TargetExistsError, match="not empty; pass --force to replace it or --resume-from"):
         train(arguments(rope_id_base, corpus, tmp_path / "taken"))
     with pytest.raises(TrainingError, match="do not fit the model"):
         train(arguments(rope_id_base, corpus, tmp_path / "a", target_modules=["c_attn"]))
