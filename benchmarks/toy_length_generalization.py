@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -670,7 +669,7 @@ def main(
         for name in names:
             for seed in seed_list:
                 run_one(VARIANTS[name], setup, seed, out, force, checkpoint_dir=checkpoints, reeval=reeval)
-    summary = write_report(out, setup)
+    write_report(out, setup)
     print((out / "results.md").read_text())
 
 

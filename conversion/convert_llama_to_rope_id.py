@@ -1,7 +1,7 @@
 """Convert a Llama checkpoint to RoPE-ID: the same as ``hf-ropeid convert`` (see ``--help``).
 
-    python conversion/convert_llama_to_rope_id.py                      # SmolLM2-135M-Instruct, verified
-    python conversion/convert_llama_to_rope_id.py path/to/llama out/   # any LlamaForCausalLM folder
+python conversion/convert_llama_to_rope_id.py                      # SmolLM2-135M-Instruct, verified
+python conversion/convert_llama_to_rope_id.py path/to/llama out/   # any LlamaForCausalLM folder
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its RoPE-ID base (full checkpoint + model card); same options as ``hf-ropeid merge``.
 
-    python conversion/merge_lora.py outputs/lora/adapter outputs/SmolLM2-135M-Instruct-rope-id-lora
+python conversion/merge_lora.py outputs/lora/adapter outputs/SmolLM2-135M-Instruct-rope-id-lora
 """
 
 import sys

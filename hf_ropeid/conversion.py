@@ -144,10 +144,14 @@ def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfi
     check_source_config(source_config)
     unknown = sorted(set(rope_id_parameters) - set(ROPE_ID_OPTION_KEYS))
     if unknown:
-        raise RopeIDParameterError(f"Unknown RoPE-ID parameter(s) {unknown}; accepted: {', '.join(ROPE_ID_OPTION_KEYS)}.")
+        raise RopeIDParameterError(
+            f"Unknown RoPE-ID parameter(s) {unknown}; accepted: {', '.join(ROPE_ID_OPTION_KEYS)}."
+        )
     params = {k: v for k, v in rope_id_parameters.items() if v is not None}
     params.setdefault("spectrum", DEFAULT_CONVERSION["spectrum"])
-    params.setdefault("rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"]))
+    params.setdefault(
+        "rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"])
+    )
     params.setdefault("training_length", source_config.max_position_embeddings)
     if isinstance(params["rotary_fraction"], str):
         params["rotary_fraction"] = auto_rotary_fraction(
@@ -300,11 +304,15 @@ def select_channels(
 ) -> torch.Tensor | None:
     """Pair permutations for ``channel_selection`` (None: weights stay as they are)."""
     if channel_selection not in CHANNEL_SELECTIONS:
-        raise ConversionError(f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}.")
+        raise ConversionError(
+            f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}."
+        )
     if channel_selection == "frequency":
         return None
     if calibration_input_ids is None:
-        raise ConversionError("channel_selection 'calibrated' needs calibration_input_ids (token ids of a sample text).")
+        raise ConversionError(
+            "channel_selection 'calibrated' needs calibration_input_ids (token ids of a sample text)."
+        )
     num_rotated = int(round(config.rope_parameters["rotary_fraction"] * head_dim_of(config) / 2))
     return calibrated_permutations(pair_energies(model, calibration_input_ids), num_rotated)
 
@@ -326,9 +334,13 @@ def resolve_source(source: str | os.PathLike) -> tuple[Path, str | None]:
 
     say(f"{text} is not a local folder; downloading it from the Hugging Face Hub ...")
     try:
-        folder = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "README.md", "LICENSE*"])
+        folder = snapshot_download(
+            text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "README.md", "LICENSE*"]
+        )
     except Exception as error:  # offline, unknown repo, gated, ...: say what was tried
-        raise ConversionError(f"Source {text!r} is not a local folder, and downloading it from the Hub failed: {error}") from error
+        raise ConversionError(
+            f"Source {text!r} is not a local folder, and downloading it from the Hub failed: {error}"
+        ) from error
     return Path(folder), text
 
 
@@ -337,7 +349,9 @@ def load_source_config(source: Path):
 
     config_file = source / "config.json"
     if not config_file.is_file():
-        raise ConversionError(f"No config.json in {source}; expected a Hugging Face model folder (config.json + *.safetensors).")
+        raise ConversionError(
+            f"No config.json in {source}; expected a Hugging Face model folder (config.json + *.safetensors)."
+        )
     try:
         raw = json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
@@ -390,7 +404,9 @@ def read_weight_headers(files: Sequence[Path]) -> dict[str, tuple[str, tuple[int
                     piece = f.get_slice(name)
                     headers[name] = (piece.get_dtype(), tuple(piece.get_shape()), file)
         except (SafetensorError, OSError) as error:
-            raise ConversionError(f"Cannot read {file}: {error}. The file is truncated or corrupted; copy or download it again.") from error
+            raise ConversionError(
+                f"Cannot read {file}: {error}. The file is truncated or corrupted; copy or download it again."
+            ) from error
     return headers
 
 
@@ -402,10 +418,19 @@ def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     """
     hidden, inter, d = config.hidden_size, config.intermediate_size, head_dim_of(config)
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (config.vocab_size, hidden)}
+    shapes = {
+        "model.embed_tokens.weight": (config.vocab_size, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (config.vocab_size, hidden),
+    }
     layer = {
-        "self_attn.q_proj": (q, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden), "self_attn.o_proj": (hidden, q),
-        "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter),
+        "self_attn.q_proj": (q, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, q),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
     }
     for i in range(config.num_hidden_layers):
         prefix = f"model.layers.{i}."
@@ -424,7 +449,11 @@ def check_weights(config: Any, headers: Mapping[str, tuple[str, tuple[int, ...],
     optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
     missing = sorted(set(expected) - set(headers) - optional)
     unexpected = sorted(set(headers) - set(expected))
-    wrong = [f"{k}: file {headers[k][1]}, config expects {expected[k]}" for k in sorted(set(expected) & set(headers)) if headers[k][1] != expected[k]]
+    wrong = [
+        f"{k}: file {headers[k][1]}, config expects {expected[k]}"
+        for k in sorted(set(expected) & set(headers))
+        if headers[k][1] != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -440,7 +469,9 @@ def check_target_folder(source: Path, target: Path, force: bool) -> None:
     """The target may be written: outside the source, a folder (or nothing), empty unless ``force``."""
     source_real, target_real = source.resolve(), target.resolve()
     if target_real == source_real or source_real.is_relative_to(target_real) or target_real.is_relative_to(source_real):
-        raise ConversionError(f"The target {target} overlaps the source {source}; choose a folder outside it (the source is never modified).")
+        raise ConversionError(
+            f"The target {target} overlaps the source {source}; choose a folder outside it (the source is never modified)."
+        )
     if target.exists() and not target.is_dir():
         raise ConversionError(f"The target {target} exists and is not a folder.")
     check_target(target, force, hint="pass --force (force=True) to replace it")
@@ -522,9 +553,13 @@ def convert_checkpoint(
     source_config = load_source_config(source)
     config = rope_id_config(source_config, **rope_id_parameters)  # parameter errors before any work
     if dtype is not None and dtype not in DTYPES:
-        raise ConversionError(f"Unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)} (or leave it unset to keep the source's).")
+        raise ConversionError(
+            f"Unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)} (or leave it unset to keep the source's)."
+        )
     if channel_selection not in CHANNEL_SELECTIONS:
-        raise ConversionError(f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}.")
+        raise ConversionError(
+            f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}."
+        )
     files = weight_files(source)
     headers = read_weight_headers(files)
     check_weights(source_config, headers)
@@ -561,7 +596,10 @@ def convert_checkpoint(
             from .verification import verify_checkpoint
 
             verification = verify_checkpoint(
-                staging, source=source, text=Path(verify_text) if verify_text else _default_text("hamlet"), lengths=verify_lengths
+                staging,
+                source=source,
+                text=Path(verify_text) if verify_text else _default_text("hamlet"),
+                lengths=verify_lengths,
             )
         model_card.write_model_card(staging, conversion, verification, repo_id=repo_id)
     say(f"done: {target}")

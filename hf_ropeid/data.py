@@ -18,8 +18,17 @@ from .errors import require
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "DataSource", "build_training_blocks", "load_documents", "load_held_out", "pack_tokens",
-           "split_documents", "tokenize_documents", "window_tokens"]
+__all__ = [
+    "DataError",
+    "DataSource",
+    "build_training_blocks",
+    "load_documents",
+    "load_held_out",
+    "pack_tokens",
+    "split_documents",
+    "tokenize_documents",
+    "window_tokens",
+]
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,10 @@ def load_documents(source: DataSource):
                 f"{source.dataset_split!r}): {err}. Local files must exist; Hub datasets must be cached when offline."
             ) from err
         if source.text_field not in dataset.column_names:
-            raise DataError(f"The data has no column {source.text_field!r} (columns: {dataset.column_names}); "
-                            "choose one with --text-field.")
+            raise DataError(
+                f"The data has no column {source.text_field!r} (columns: {dataset.column_names}); "
+                "choose one with --text-field."
+            )
         dataset = dataset.select_columns([source.text_field])
         documents = dataset.rename_column(source.text_field, "text") if source.text_field != "text" else dataset
         documents = documents.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
@@ -88,11 +99,13 @@ def split_documents(documents, eval_fraction: float, seed: int):
 
 def tokenize_documents(documents, tokenizer, num_proc: int | None = None):
     """Adds ``input_ids`` per document (with the tokenizer's own special tokens, e.g. a BOS)."""
+
     def tokenize(batch):
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]}
 
-    return documents.map(tokenize, batched=True, remove_columns=documents.column_names, num_proc=num_proc,
-                         desc="Tokenising")
+    return documents.map(
+        tokenize, batched=True, remove_columns=documents.column_names, num_proc=num_proc, desc="Tokenising"
+    )
 
 
 def pack_tokens(tokenized, seq_length: int, eos_token_id: int):
@@ -138,8 +151,15 @@ def window_tokens(tokenized, length: int, max_windows: int | None = None) -> lis
     return windows
 
 
-def build_training_blocks(source: DataSource, tokenizer, seq_length: int, *, seed: int, eval_fraction: float = 0.0,
-                          num_proc: int | None = None):
+def build_training_blocks(
+    source: DataSource,
+    tokenizer,
+    seq_length: int,
+    *,
+    seed: int,
+    eval_fraction: float = 0.0,
+    num_proc: int | None = None,
+):
     """``(train_blocks, held_out_tokenized_or_None)``: packed training blocks and held-out documents."""
     if tokenizer.eos_token_id is None:
         raise DataError("The tokenizer has no EOS token; packing needs one between documents.")

@@ -47,8 +47,10 @@ def document_files(paths: Iterable[str | os.PathLike], skip_directories: Iterabl
         path = Path(raw).expanduser()
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*")
-                if p.suffix.lower() in DOCUMENT_SUFFIXES and p.is_file()
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in DOCUMENT_SUFFIXES
+                and p.is_file()
                 and not skip.intersection(p.relative_to(path).parts[:-1])
             )
             if not found:
@@ -72,7 +74,9 @@ def document_files(paths: Iterable[str | os.PathLike], skip_directories: Iterabl
 def _record_text(record: Any, text_field: str, where: str) -> str:
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{where} has no column {text_field!r} holding text (found {keys}); choose one with --text-field.")
+        raise DataError(
+            f"{where} has no column {text_field!r} holding text (found {keys}); choose one with --text-field."
+        )
     return record[text_field]
 
 
@@ -97,7 +101,9 @@ def _records(path: Path, text_field: str) -> Iterator[str]:
         columns = pq.read_schema(path).names
         if text_field not in columns:
             raise DataError(f"{path} has no column {text_field!r} (columns: {columns}); choose one with --text-field.")
-        yield from (t for t in pq.read_table(path, columns=[text_field]).column(text_field).to_pylist() if isinstance(t, str))
+        yield from (
+            t for t in pq.read_table(path, columns=[text_field]).column(text_field).to_pylist() if isinstance(t, str)
+        )
         return
     if suffix == ".json":
         try:

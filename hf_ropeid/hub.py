@@ -25,7 +25,9 @@ def check_pushable(folder: Path) -> None:
     if not list(folder.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
-        raise HubError(f"{folder} is not a complete checkpoint (missing {', '.join(missing)}); convert it first with `hf-ropeid convert`.")
+        raise HubError(
+            f"{folder} is not a complete checkpoint (missing {', '.join(missing)}); convert it first with `hf-ropeid convert`."
+        )
 
 
 def _is_rope_id(folder: Path) -> bool:

@@ -44,7 +44,9 @@ def load_adapted_model(adapter_dir: str | os.PathLike, base: str | None = None, 
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise MergeError(f"Cannot load the base model {base!r}: {err}. Pass --base with the model the adapter was trained on.") from err
+        raise MergeError(
+            f"Cannot load the base model {base!r}: {err}. Pass --base with the model the adapter was trained on."
+        ) from err
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -71,16 +73,44 @@ def _training_record(adapter_dir: Path, base: str) -> dict[str, Any]:
         "steps": summary.get("steps"),
         "final_loss": summary.get("final_loss"),
         "final_eval": summary.get("final_eval") or {},
-        "training": {k: args[k] for k in (
-            "data", "eval_data", "seq_length", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
-            "train_embeddings_and_norms", "learning_rate", "lr_scheduler", "warmup_steps", "max_steps",
-            "batch_size", "gradient_accumulation_steps", "mixed_precision", "seed", "channel_selection") if k in args},
+        "training": {
+            k: args[k]
+            for k in (
+                "data",
+                "eval_data",
+                "seq_length",
+                "lora_r",
+                "lora_alpha",
+                "lora_dropout",
+                "target_modules",
+                "train_embeddings_and_norms",
+                "learning_rate",
+                "lr_scheduler",
+                "warmup_steps",
+                "max_steps",
+                "batch_size",
+                "gradient_accumulation_steps",
+                "mixed_precision",
+                "seed",
+                "channel_selection",
+            )
+            if k in args
+        },
     }
 
 
-def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike, *, base: str | None = None,
-                  dtype: str = "auto", force: bool = False, base_model: str | None = None, license: str | None = None,
-                  repo_id: str | None = None, trust_remote_code: bool = False) -> Path:
+def merge_adapter(
+    adapter_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    base: str | None = None,
+    dtype: str = "auto",
+    force: bool = False,
+    base_model: str | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
     """Writes base + adapter, merged, to ``output_dir`` (atomically); returns the folder.
 
     ``dtype``: of the saved weights ("auto": the base's). ``base_model`` / ``license`` / ``repo_id``
@@ -108,7 +138,8 @@ def merge_adapter(adapter_dir: str | os.PathLike, output_dir: str | os.PathLike,
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / FINETUNING_RECORD, record)
         if is_rope_id:
-            card = render_finetuned_card(tmp, record, model_name=output_dir.name, repo_id=repo_id,
-                                         base_model=base_model, license=license)
+            card = render_finetuned_card(
+                tmp, record, model_name=output_dir.name, repo_id=repo_id, base_model=base_model, license=license
+            )
             (tmp / "README.md").write_text(card)
     return output_dir

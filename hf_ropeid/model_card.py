@@ -179,8 +179,15 @@ def write_model_card(
 # Fine-tuned (merged) checkpoints
 
 
-def render_finetuned_card(folder: Path, record: dict[str, Any], *, model_name: str, repo_id: str | None = None,
-                          base_model: str | None = None, license: str | None = None) -> str:
+def render_finetuned_card(
+    folder: Path,
+    record: dict[str, Any],
+    *,
+    model_name: str,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+) -> str:
     """README.md for a merged RoPE-ID checkpoint, through model_card.render_model_card."""
     config = json.loads((folder / "config.json").read_text())
     head_dim = head_dim_of(config)
@@ -188,7 +195,8 @@ def render_finetuned_card(folder: Path, record: dict[str, Any], *, model_name: s
     rows = {
         "fine-tuning": f"LoRA r={training.get('lora_r')}, alpha={training.get('lora_alpha')} on "
         f"{', '.join(training.get('target_modules', []))}"
-        + (" + embeddings and norms" if training.get("train_embeddings_and_norms") else "") + ", merged",
+        + (" + embeddings and norms" if training.get("train_embeddings_and_norms") else "")
+        + ", merged",
         "steps x tokens": f"{record['steps']} x {training.get('batch_size', 1) * training.get('gradient_accumulation_steps', 1)}"
         f" x {training.get('seq_length')}",
         "learning rate": f"{training.get('learning_rate')} ({training.get('lr_scheduler')}, warmup {training.get('warmup_steps')})",
@@ -199,19 +207,29 @@ def render_finetuned_card(folder: Path, record: dict[str, Any], *, model_name: s
     eval_table = None
     if evals:
         held_out = ", ".join(Path(d).name for d in training.get("eval_data", [])) or "held-out training documents"
-        eval_table = "| tokens per window | perplexity after fine-tuning |\n|---|---|\n" + "\n".join(
-            f"| {k.split('@')[1]} | {v:.2f} |" for k, v in evals.items()) + f"\n\nHeld-out text: {held_out}."
+        eval_table = (
+            "| tokens per window | perplexity after fine-tuning |\n|---|---|\n"
+            + "\n".join(f"| {k.split('@')[1]} | {v:.2f} |" for k, v in evals.items())
+            + f"\n\nHeld-out text: {held_out}."
+        )
     return render_model_card(
         model_name=model_name if repo_id is None else repo_id.split("/")[-1],
-        rope_parameters=config["rope_parameters"], head_dim=head_dim,
-        channel_selection=training.get("channel_selection", "frequency"), source=record["source_model"],
-        base_model=base_model, license=license, repo_id=repo_id, eval_table=eval_table, extra_rows=rows,
+        rope_parameters=config["rope_parameters"],
+        head_dim=head_dim,
+        channel_selection=training.get("channel_selection", "frequency"),
+        source=record["source_model"],
+        base_model=base_model,
+        license=license,
+        repo_id=repo_id,
+        eval_table=eval_table,
+        extra_rows=rows,
         template=FINETUNED_TEMPLATE,
     )
 
 
-def write_finetuned_model_card(folder: str | os.PathLike, *, repo_id: str | None = None,
-                               base_model: str | None = None, license: str | None = None) -> Path:
+def write_finetuned_model_card(
+    folder: str | os.PathLike, *, repo_id: str | None = None, base_model: str | None = None, license: str | None = None
+) -> Path:
     """(Re)writes ``folder/README.md`` of a merged checkpoint from its finetuning.json (e.g. naming ``repo_id``).
 
     ``base_model`` / ``license`` default to the ones given at merge time.
@@ -220,6 +238,7 @@ def write_finetuned_model_card(folder: str | os.PathLike, *, repo_id: str | None
     record = json.loads((folder / FINETUNING_RECORD).read_text())
     base_model = base_model if base_model is not None else record.get("base_model")
     license = license if license is not None else record.get("license")
-    text = render_finetuned_card(folder, record, model_name=folder.name, repo_id=repo_id,
-                                 base_model=base_model, license=license)
+    text = render_finetuned_card(
+        folder, record, model_name=folder.name, repo_id=repo_id, base_model=base_model, license=license
+    )
     return write_text_atomic(folder / "README.md", text)

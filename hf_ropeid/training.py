@@ -52,8 +52,20 @@ TRACKERS = ("tensorboard", "wandb")
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
 # Arguments that may change when resuming without changing what the run computes.
-RESUMABLE_CHANGES = {"max_steps", "num_epochs", "eval_every", "save_every", "save_total_limit", "log_every",
-                     "resume_from", "report_to", "force", "output_dir", "eval_at_start", "num_proc"}
+RESUMABLE_CHANGES = {
+    "max_steps",
+    "num_epochs",
+    "eval_every",
+    "save_every",
+    "save_total_limit",
+    "log_every",
+    "resume_from",
+    "report_to",
+    "force",
+    "output_dir",
+    "eval_at_start",
+    "num_proc",
+}
 
 
 class TrainingError(HfRopeIDError, ValueError):
@@ -77,18 +89,29 @@ class ConversionArguments:
     """The model to train, and how a plain Llama is converted to RoPE-ID first (every RoPE-ID parameter)."""
 
     model: str = _help("RoPE-ID folder or Hub id, or a plain Llama folder / Hub id (converted first, see --convert).")
-    convert: bool = _help("Convert a plain Llama checkpoint to RoPE-ID before training (--no-convert trains it as it is, e.g. a control run).", default=True)
+    convert: bool = _help(
+        "Convert a plain Llama checkpoint to RoPE-ID before training (--no-convert trains it as it is, e.g. a control run).",
+        default=True,
+    )
     channel_selection: str = _help("Which channel pairs keep rotating in the conversion.", default="frequency")
     trust_remote_code: bool = _help("Allow remote code for models that are neither Llama nor RoPE-ID.", default=False)
     rope_theta: float | None = _help("Base of the original spectrum (conversion; default: the model's).", default=None)
-    training_length: int | None = _help("L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None)
-    rotary_fraction: str | None = _help("Fraction of each head that rotates, or 'auto' / 'auto:T' (conversion).", default=None)
+    training_length: int | None = _help(
+        "L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None
+    )
+    rotary_fraction: str | None = _help(
+        "Fraction of each head that rotates, or 'auto' / 'auto:T' (conversion).", default=None
+    )
     shortest_period: float | None = _help("Period in tokens of the fastest rotated pair (conversion).", default=None)
     turns_per_training_length: float | None = _help("Turns of the slowest pair inside L (conversion).", default=None)
     spectrum: str | None = _help("RoPE-ID spectrum for the conversion: rope_id | original | minimal.", default=None)
-    temperature: str | None = _help("Query temperature beyond L: query_log | length_log | none (conversion).", default=None)
+    temperature: str | None = _help(
+        "Query temperature beyond L: query_log | length_log | none (conversion).", default=None
+    )
     temperature_coefficient: float | None = _help("c of query_log (conversion).", default=None)
-    rotary_window: int | None = _help("Experimental: keys this many tokens back or more are scored without phase (conversion).", default=None)
+    rotary_window: int | None = _help(
+        "Experimental: keys this many tokens back or more are scored without phase (conversion).", default=None
+    )
     far_field: str | None = _help("Experimental: none | log_count (conversion).", default=None)
 
     def __post_init__(self) -> None:
@@ -108,14 +131,23 @@ class ConversionArguments:
 class DataArguments:
     """Training and held-out text, and how it is cut into sequences and evaluation windows."""
 
-    data: list[str] = _help("Training text: files (.txt .md .markdown .rst .py .jsonl .json .parquet), folders, globs, or one datasets name.")
-    eval_data: list[str] = _help("Held-out text (same forms as --data); else --eval-fraction of the training documents.", default_factory=list)
+    data: list[str] = _help(
+        "Training text: files (.txt .md .markdown .rst .py .jsonl .json .parquet), folders, globs, or one datasets name."
+    )
+    eval_data: list[str] = _help(
+        "Held-out text (same forms as --data); else --eval-fraction of the training documents.", default_factory=list
+    )
     eval_fraction: float = _help("Fraction of training documents held out when no --eval-data is given.", default=0.0)
     text_field: str = _help("Column holding the text in jsonl / json / parquet / datasets data.", default="text")
     dataset_config: str | None = _help("Config name of a datasets dataset.", default=None)
     seq_length: int = _help("Tokens per training sequence.", default=1024)
-    eval_lengths: list[int] = _help("Lengths at which held-out perplexity is measured (default: seq_length and 2*seq_length).", default_factory=list)
-    eval_tokens: int = _help("Held-out tokens per evaluation length: eval_tokens // length windows (at least 1), each inside one document.", default=16384)
+    eval_lengths: list[int] = _help(
+        "Lengths at which held-out perplexity is measured (default: seq_length and 2*seq_length).", default_factory=list
+    )
+    eval_tokens: int = _help(
+        "Held-out tokens per evaluation length: eval_tokens // length windows (at least 1), each inside one document.",
+        default=16384,
+    )
     num_proc: int | None = _help("Processes for tokenising.", default=None)
 
     def __post_init__(self) -> None:
@@ -123,7 +155,9 @@ class DataArguments:
         self.eval_lengths = [int(n) for n in self.eval_lengths] or [self.seq_length, 2 * self.seq_length]
         _need(bool(self.data), "No training data: pass at least one --data file, folder, glob or datasets name.")
         _need(self.seq_length >= 2, f"--seq-length must be at least 2, got {self.seq_length}.")
-        _need(all(n >= 2 for n in self.eval_lengths), f"--eval-lengths must all be at least 2, got {self.eval_lengths}.")
+        _need(
+            all(n >= 2 for n in self.eval_lengths), f"--eval-lengths must all be at least 2, got {self.eval_lengths}."
+        )
         _need(self.eval_tokens >= 2, f"--eval-tokens must be at least 2, got {self.eval_tokens}.")
         _need(0 <= self.eval_fraction < 1, f"--eval-fraction must be in [0, 1), got {self.eval_fraction}.")
         _need(not (self.eval_data and self.eval_fraction), "Give either --eval-data or --eval-fraction, not both.")
@@ -137,15 +171,23 @@ class AdapterArguments:
     lora_r: int = _help("LoRA rank.", default=16)
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r).", default=32.0)
     lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
-    target_modules: list[str] = _help("Linear layers that get LoRA (names or 'all-linear').", default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    train_embeddings_and_norms: bool = _help("Also train embeddings and all norms (peft modules_to_save; LongLoRA's recipe for context extension).", default=False)
+    target_modules: list[str] = _help(
+        "Linear layers that get LoRA (names or 'all-linear').", default_factory=lambda: list(DEFAULT_TARGET_MODULES)
+    )
+    train_embeddings_and_norms: bool = _help(
+        "Also train embeddings and all norms (peft modules_to_save; LongLoRA's recipe for context extension).",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         self.target_modules = list(self.target_modules)
         _need(self.lora_r >= 1, f"--lora-r must be a positive integer, got {self.lora_r}.")
         _need(self.lora_alpha > 0, f"--lora-alpha must be positive, got {self.lora_alpha}.")
         _need(0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}.")
-        _need(bool(self.target_modules) or self.full_finetune, "--target-modules is empty; name at least one linear layer.")
+        _need(
+            bool(self.target_modules) or self.full_finetune,
+            "--target-modules is empty; name at least one linear layer.",
+        )
 
 
 @dataclass
@@ -166,16 +208,28 @@ class OptimizationArguments:
     seed: int = _help("Seed for adapter init, data order and dropout.", default=0)
 
     def __post_init__(self) -> None:
-        _need(self.learning_rate > 0 and math.isfinite(self.learning_rate), f"--learning-rate must be positive, got {self.learning_rate}.")
+        _need(
+            self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            f"--learning-rate must be positive, got {self.learning_rate}.",
+        )
         _need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}.")
-        _need(self.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}.")
+        _need(
+            self.lr_scheduler in SCHEDULERS,
+            f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}.",
+        )
         _need(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}.")
         _need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}.")
         _need(self.num_epochs > 0, f"--num-epochs must be positive, got {self.num_epochs}.")
         _need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.")
-        _need(self.gradient_accumulation_steps >= 1, f"--gradient-accumulation-steps must be at least 1, got {self.gradient_accumulation_steps}.")
+        _need(
+            self.gradient_accumulation_steps >= 1,
+            f"--gradient-accumulation-steps must be at least 1, got {self.gradient_accumulation_steps}.",
+        )
         _need(self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}.")
-        _need(self.mixed_precision in MIXED_PRECISION, f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}.")
+        _need(
+            self.mixed_precision in MIXED_PRECISION,
+            f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}.",
+        )
 
 
 @dataclass
@@ -189,7 +243,9 @@ class RunArguments:
     save_every: int = _help("Checkpoint every N steps (0: none).", default=0)
     save_total_limit: int | None = _help("Keep only the newest N checkpoints.", default=None)
     resume_from: str | None = _help("Checkpoint folder to continue from, or 'latest' (in output_dir).", default=None)
-    report_to: list[str] = _help("Extra trackers: tensorboard, wandb (the JSON log is always written).", default_factory=list)
+    report_to: list[str] = _help(
+        "Extra trackers: tensorboard, wandb (the JSON log is always written).", default_factory=list
+    )
     force: bool = _help("Empty a non-empty output_dir before training.", default=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +253,10 @@ class RunArguments:
         for name in ("eval_every", "save_every"):
             _need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
         _need(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}.")
-        _need(self.save_total_limit is None or self.save_total_limit >= 1, f"--save-total-limit must be at least 1, got {self.save_total_limit}.")
+        _need(
+            self.save_total_limit is None or self.save_total_limit >= 1,
+            f"--save-total-limit must be at least 1, got {self.save_total_limit}.",
+        )
         unknown = sorted(set(self.report_to) - set(TRACKERS))
         _need(not unknown, f"Unknown --report-to tracker(s) {unknown}; accepted: {', '.join(TRACKERS)}.")
 
@@ -248,12 +307,18 @@ def load_base_model(args: ConversionArguments, calibration_input_ids=None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.float32, trust_remote_code=args.trust_remote_code
+    )
     if config.model_type == "llama" and args.convert:
         from .conversion import convert_model
 
-        model = convert_model(model, channel_selection=args.channel_selection,
-                              calibration_input_ids=calibration_input_ids, **args.rope_id_parameters())
+        model = convert_model(
+            model,
+            channel_selection=args.channel_selection,
+            calibration_input_ids=calibration_input_ids,
+            **args.rope_id_parameters(),
+        )
         return model, True
     if args.rope_id_parameters():
         raise TrainingError(
@@ -276,8 +341,12 @@ def add_lora(model, args: AdapterArguments):
     modules_to_save = list(EMBEDDING_AND_NORM_MODULES) if args.train_embeddings_and_norms else None
     targets: str | list[str] = "all-linear" if args.target_modules == ["all-linear"] else args.target_modules
     config = LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets,
-        modules_to_save=modules_to_save, task_type="CAUSAL_LM",
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+        task_type="CAUSAL_LM",
         # With tied embeddings a trainable copy of embed_tokens must stay tied to lm_head.
         ensure_weight_tying=bool(modules_to_save) and tied_embeddings(model),
     )
@@ -285,7 +354,9 @@ def add_lora(model, args: AdapterArguments):
         return get_peft_model(model, config)
     except ValueError as err:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise TrainingError(f"LoRA targets {args.target_modules} do not fit the model ({err}). Linear layers: {linear}.") from err
+        raise TrainingError(
+            f"LoRA targets {args.target_modules} do not fit the model ({err}). Linear layers: {linear}."
+        ) from err
 
 
 # ----------------------------------------------------------------------------- data order
@@ -328,7 +399,7 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (with trainer_state.json), oldest first."""
     root = Path(output_dir) / "checkpoints"
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / TRAINER_STATE).is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
 def resolve_resume(args: RunArguments) -> Path | None:
@@ -365,7 +436,9 @@ class JsonLog:
     def __init__(self, path: Path, enabled: bool, keep_until_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and keep_until_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until_step]
+            kept = [
+                line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until_step
+            ]
             with atomic_file(path) as partial:
                 partial.write_text("".join(line + "\n" for line in kept))
 
@@ -387,7 +460,9 @@ def _trackers(args: RunArguments) -> list[str]:
     for name in args.report_to:
         module = "torch.utils.tensorboard" if name == "tensorboard" else name
         try:
-            found = importlib.util.find_spec(module) is not None and (name != "tensorboard" or importlib.util.find_spec("tensorboard"))
+            found = importlib.util.find_spec(module) is not None and (
+                name != "tensorboard" or importlib.util.find_spec("tensorboard")
+            )
         except ModuleNotFoundError:
             found = False
         if found:
@@ -395,8 +470,6 @@ def _trackers(args: RunArguments) -> list[str]:
         else:
             logger.warning("--report-to %s: the package is not installed; logging to log.jsonl only.", name)
     return usable
-
-
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -424,7 +497,9 @@ def evaluate_perplexity(model, windows_by_length: dict[int, list[list[int]]], ac
             with accelerator.autocast():
                 nll = token_losses(model, ids, logits_chunk=None).double().sum().item()
             weight = float(i < len(mine))
-            totals += torch.tensor([nll * weight, weight * (length - 1)], dtype=torch.float64, device=accelerator.device)
+            totals += torch.tensor(
+                [nll * weight, weight * (length - 1)], dtype=torch.float64, device=accelerator.device
+            )
         totals = accelerator.reduce(totals, reduction="sum")
         results[length] = math.exp(totals[0].item() / totals[1].item())
     model.train(was_training)
@@ -501,13 +576,24 @@ def _load_text(args: FinetuneArguments, accelerator):
         from transformers import AutoTokenizer
 
         data = args.data
-        tokenizer = AutoTokenizer.from_pretrained(args.conversion.model, trust_remote_code=args.conversion.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            args.conversion.model, trust_remote_code=args.conversion.trust_remote_code
+        )
         source = DataSource(tuple(data.data), text_field=data.text_field, dataset_config=data.dataset_config)
-        train_blocks, held_out = build_training_blocks(source, tokenizer, data.seq_length, seed=args.optimization.seed,
-                                                       eval_fraction=data.eval_fraction, num_proc=data.num_proc)
+        train_blocks, held_out = build_training_blocks(
+            source,
+            tokenizer,
+            data.seq_length,
+            seed=args.optimization.seed,
+            eval_fraction=data.eval_fraction,
+            num_proc=data.num_proc,
+        )
         if data.eval_data:
-            held_out = load_held_out(DataSource(tuple(data.eval_data), text_field=data.text_field,
-                                                dataset_config=data.dataset_config), tokenizer, data.num_proc)
+            held_out = load_held_out(
+                DataSource(tuple(data.eval_data), text_field=data.text_field, dataset_config=data.dataset_config),
+                tokenizer,
+                data.num_proc,
+            )
     windows_by_length = {}
     if held_out is not None:
         windows_by_length = {n: window_tokens(held_out, n, max(1, data.eval_tokens // n)) for n in data.eval_lengths}
@@ -525,7 +611,9 @@ def _load_trainable_model(args: FinetuneArguments, accelerator, out: Path, token
     set_seed(args.optimization.seed)  # adapter initialisation is identical on every process and every run
     conversion = args.conversion
     with accelerator.main_process_first():
-        calibration = torch.tensor([train_blocks[0]["input_ids"]]) if conversion.channel_selection != "frequency" else None
+        calibration = (
+            torch.tensor([train_blocks[0]["input_ids"]]) if conversion.channel_selection != "frequency" else None
+        )
         model, converted = load_base_model(conversion, calibration)
     base_reference = str(Path(conversion.model).resolve()) if Path(conversion.model).exists() else conversion.model
     if converted:
@@ -554,10 +642,16 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
 
     opt = args.optimization
     trackers = _trackers(args.run)
-    accelerator = Accelerator(mixed_precision=opt.mixed_precision, log_with=trackers or None,
-                              project_dir=args.run.output_dir, step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(
+        mixed_precision=opt.mixed_precision,
+        log_with=trackers or None,
+        project_dir=args.run.output_dir,
+        step_scheduler_with_optimizer=False,
+    )
     if args.run.resume_from is None:
-        check_target(args.run.output_dir, args.run.force, hint="pass --force to replace it or --resume-from to continue")
+        check_target(
+            args.run.output_dir, args.run.force, hint="pass --force to replace it or --resume-from to continue"
+        )
     resume_dir = resolve_resume(args.run)
     if resume_dir is not None:
         check_resume_compatible(json.loads((resume_dir / TRAINER_STATE).read_text())["args"], args)
@@ -565,14 +659,19 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
     out = _prepare_output_dir(args, accelerator)
     model, converted, base_reference = _load_trainable_model(args, accelerator, out, tokenizer, train_blocks)
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opt.learning_rate,
-                                  weight_decay=opt.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=opt.learning_rate, weight_decay=opt.weight_decay
+    )
     # The loader gets its own generator: starting an iterator draws from it, and a draw from the global RNG
     # would shift the dropout masks of a resumed run (which starts one more iterator than the original).
-    dataloader = torch.utils.data.DataLoader(train_blocks, batch_size=opt.batch_size,
-                                             sampler=EpochShuffleSampler(len(train_blocks), opt.seed),
-                                             collate_fn=collate_blocks, drop_last=True,
-                                             generator=torch.Generator().manual_seed(opt.seed))
+    dataloader = torch.utils.data.DataLoader(
+        train_blocks,
+        batch_size=opt.batch_size,
+        sampler=EpochShuffleSampler(len(train_blocks), opt.seed),
+        collate_fn=collate_blocks,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(opt.seed),
+    )
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     micro_batches_per_epoch = len(dataloader)
     if micro_batches_per_epoch == 0:
@@ -582,8 +681,12 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
         )
     steps_per_epoch = math.ceil(micro_batches_per_epoch / opt.gradient_accumulation_steps)
     total_steps = opt.max_steps or max(1, math.ceil(opt.num_epochs * steps_per_epoch))
-    scheduler = get_scheduler("constant_with_warmup" if opt.lr_scheduler == "constant" else opt.lr_scheduler,
-                              optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if opt.lr_scheduler == "constant" else opt.lr_scheduler,
+        optimizer,
+        num_warmup_steps=opt.warmup_steps,
+        num_training_steps=total_steps,
+    )
     scheduler = accelerator.prepare(scheduler)
 
     # Names and tensors as the prepared (possibly DDP- or FSDP-wrapped) model has them.
@@ -599,11 +702,24 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
     if trackers:
         accelerator.init_trackers("hf-ropeid-finetune", config={k: str(v) for k, v in args.to_json().items()})
     return TrainingRun(
-        args=args, accelerator=accelerator, out=out, tokenizer=tokenizer, model=model, optimizer=optimizer,
-        scheduler=scheduler, dataloader=dataloader, parameters=[p for p in model.parameters() if p.requires_grad],
-        windows_by_length=windows_by_length, log=log, trackers=trackers, base_reference=base_reference,
-        converted=converted, micro_batches_per_epoch=micro_batches_per_epoch, steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, step=completed,
+        args=args,
+        accelerator=accelerator,
+        out=out,
+        tokenizer=tokenizer,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataloader=dataloader,
+        parameters=[p for p in model.parameters() if p.requires_grad],
+        windows_by_length=windows_by_length,
+        log=log,
+        trackers=trackers,
+        base_reference=base_reference,
+        converted=converted,
+        micro_batches_per_epoch=micro_batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        step=completed,
     )
 
 
@@ -672,7 +788,11 @@ def save_checkpoint(run: TrainingRun) -> Path:
     accelerator, run_args = run.accelerator, run.args.run
     final = run.out / "checkpoints" / f"{CHECKPOINT_PREFIX}{run.step:06d}"
     shared = partial_path(final, "all-ranks")  # every process must name the same folder
-    writing = atomic_directory(final, force=True, partial=shared) if accelerator.is_main_process else contextlib.nullcontext(shared)
+    writing = (
+        atomic_directory(final, force=True, partial=shared)
+        if accelerator.is_main_process
+        else contextlib.nullcontext(shared)
+    )
     with writing as partial:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))
@@ -692,9 +812,15 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     result_dir = run.out / ("model" if args.adapter.full_finetune else "adapter")
     # Every process takes part in gathering the weights (FSDP shards them); the main process writes them once.
     state_dict = accelerator.get_state_dict(run.model)
-    summary = {"steps": run.step, "final_loss": run.last_loss, "final_eval": run.last_eval,
-               "base_model": run.base_reference, "converted_here": run.converted,
-               "processes": accelerator.num_processes, "args": args.to_json()}
+    summary = {
+        "steps": run.step,
+        "final_loss": run.last_loss,
+        "final_eval": run.last_eval,
+        "base_model": run.base_reference,
+        "converted_here": run.converted,
+        "processes": accelerator.num_processes,
+        "args": args.to_json(),
+    }
     if accelerator.is_main_process:
         final_model = accelerator.unwrap_model(run.model)
         if not args.adapter.full_finetune:
@@ -706,9 +832,15 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     if run.trackers:
         accelerator.end_training()
-    return {"output_dir": str(run.out), "result_dir": str(result_dir), "base_model": run.base_reference,
-            "steps": run.step, "final_loss": run.last_loss, "final_eval": run.last_eval,
-            "model": accelerator.unwrap_model(run.model)}
+    return {
+        "output_dir": str(run.out),
+        "result_dir": str(result_dir),
+        "base_model": run.base_reference,
+        "steps": run.step,
+        "final_loss": run.last_loss,
+        "final_eval": run.last_eval,
+        "model": accelerator.unwrap_model(run.model),
+    }
 
 
 def train(args: FinetuneArguments) -> dict[str, Any]:
@@ -717,13 +849,23 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     run = setup_run(args)
-    run_args, tokens_per_micro_batch = args.run, args.optimization.batch_size * args.data.seq_length * run.accelerator.num_processes
+    run_args, tokens_per_micro_batch = (
+        args.run,
+        args.optimization.batch_size * args.data.seq_length * run.accelerator.num_processes,
+    )
     if run.step == 0:
-        set_seed(args.optimization.seed, device_specific=True)  # distinct dropout per process; a resume restores the RNG instead
+        set_seed(
+            args.optimization.seed, device_specific=True
+        )  # distinct dropout per process; a resume restores the RNG instead
         if run_args.eval_at_start:
             run.last_eval = evaluate(run)
-    progress = tqdm(total=run.total_steps, initial=run.step, disable=not run.accelerator.is_local_main_process,
-                    desc="finetune", unit="step")
+    progress = tqdm(
+        total=run.total_steps,
+        initial=run.step,
+        disable=not run.accelerator.is_local_main_process,
+        desc="finetune",
+        unit="step",
+    )
     for epoch, group in accumulation_groups(run) if run.step < run.total_steps else ():
         started = time.perf_counter()
         loss = optimizer_step(run, group)
@@ -731,8 +873,16 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
         if run.step % run_args.log_every == 0 or run.step == run.total_steps:
-            log_metrics(run, {"step": run.step, "epoch": epoch, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
-                              "tokens_per_s": tokens_per_s})
+            log_metrics(
+                run,
+                {
+                    "step": run.step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "lr": run.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens_per_s,
+                },
+            )
         if run_args.eval_every and run.step % run_args.eval_every == 0:
             run.last_eval = evaluate(run)
         if run_args.save_every and run.step % run_args.save_every == 0:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama
 
 from hf_ropeid.evaluation.baselines import build_variant
 from hf_ropeid.evaluation.diagnostics import (
@@ -17,6 +16,8 @@ from hf_ropeid.evaluation.diagnostics import (
     singular_value_stats,
     sink_statistics,
 )
+
+from conftest import tiny_llama
 
 L = 128
 

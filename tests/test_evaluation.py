@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_llama
 from typer.testing import CliRunner
 
 from hf_ropeid.atomic import TargetExistsError
@@ -33,6 +32,8 @@ from hf_ropeid.evaluation import (
     write_lm_eval_tasks,
     write_report,
 )
+
+from conftest import byte_tokenizer, tiny_llama
 
 VOCAB = 260
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 60
@@ -79,14 +80,14 @@ def test_windows_are_non_overlapping_and_exact():
         make_windows(stream, 200, count=1)
 
 
-def test_bucket_means():
+def test_bucket_means_average_positions_per_bucket_and_leave_empty_ones_none():
     values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0]])
     buckets = bucket_means(values, torch.arange(1, 6), length=6, buckets=3)  # positions 1..5 of 6
     assert buckets == {"bucket_start": [0, 2, 4], "bucket_end": [2, 4, 6], "mean": [2.0, 3.5, 5.5]}
     assert bucket_means(torch.ones(2), torch.tensor([0, 5]), 6, 3)["mean"] == [1.0, None, 1.0]
 
 
-def test_reading_local_text(tmp_path):
+def test_local_text_is_read_by_the_shared_loader_skipping_tests_folders(tmp_path):
     (tmp_path / "a.txt").write_text("alpha")
     (tmp_path / "b.jsonl").write_text('{"text": "beta"}\n\n{"text": "gamma"}\n')
     (tmp_path / "tests").mkdir()
@@ -206,7 +207,7 @@ def test_write_report_replaces_only_with_force(cli_run):
     assert not [p for p in root.iterdir() if p.name.startswith(".report")]
 
 
-def test_eval_command_rejects_bad_input(cli_run):
+def test_eval_command_exits_2_on_unknown_baselines_and_bad_lengths(cli_run):
     root, _, _, _ = cli_run
     model_dir = root / "tiny-llama"
     bad = CliRunner().invoke(app, ["eval", str(model_dir), "--out", str(root / "x"), "--baselines", "rope,alibi"])

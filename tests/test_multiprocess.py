@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
-from test_training import save_rope_id_base, write_corpus
 
 from hf_ropeid.training import read_log
+
+from test_training import save_rope_id_base, write_corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "finetune_lora.py"
 

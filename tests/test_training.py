@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_llama
 from typer.testing import CliRunner
 
 from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.conversion import convert_model
 from hf_ropeid.training import FinetuneArguments, TrainingError, list_checkpoints, read_log, train
+
+from conftest import byte_tokenizer, tiny_llama
 
 WORDS = "the of and to in is was for on that with as by at from his her it not be".split()
 
@@ -132,7 +132,7 @@ def test_llama_folder_is_converted_in_the_same_run(tiny_llama_dir, corpus, tmp_p
     assert adapter_config["base_model_name_or_path"] == str(base.resolve())
 
 
-def test_full_finetune_and_control_run_without_conversion(tiny_llama_dir, corpus, tmp_path):
+def test_full_finetune_without_conversion_saves_the_model_it_trained(tiny_llama_dir, corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
     result = train(arguments(tiny_llama_dir, corpus, tmp_path / "run", max_steps=2, convert=False, full_finetune=True,
@@ -160,12 +160,12 @@ def test_full_finetune_and_control_run_without_conversion(tiny_llama_dir, corpus
         (dict(data=[]), "No training data"),
     ],
 )
-def test_out_of_range_arguments(overrides, message, tmp_path):
+def test_out_of_range_arguments_are_refused_naming_the_option(overrides, message, tmp_path):
     with pytest.raises(TrainingError, match=message):
         arguments(tmp_path, tmp_path, tmp_path / "out", **overrides)
 
 
-def test_bad_runs_fail_before_training(rope_id_base, corpus, tmp_path):
+def test_refused_runs_raise_before_the_first_step(rope_id_base, corpus, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(TargetExistsError, match="not empty; pass --force to replace it or --resume-from"):
@@ -189,7 +189,7 @@ def test_resume_refuses_changed_arguments(rope_id_base, corpus, tmp_path):
                         resume_from="latest"))
 
 
-def test_cli_runs_and_reports_errors(rope_id_base, corpus, tmp_path):
+def test_finetune_command_trains_and_missing_data_exits_2(rope_id_base, corpus, tmp_path):
     from hf_ropeid.cli import app
 
     runner = CliRunner()

@@ -43,7 +43,9 @@ def debugging() -> bool:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also: HF_ROPEID_DEBUG=1).")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also: HF_ROPEID_DEBUG=1)."),
+) -> None:
     """RoPE-ID for Llama-family models: convert, fine-tune, merge, evaluate, publish."""
     # An explicit callback keeps subcommands as subcommands even if only one were registered.
     _debug["on"] = debug

@@ -33,8 +33,11 @@ def _field_options() -> list[inspect.Parameter]:
                 default = f.default_factory() or None  # typer shows an empty list as "None"
             else:
                 default = ...  # required
-            parameters.append(opts.option(f.name, hints[f.name], default, help=f.metadata["help"],
-                                          show_default=default not in (None, ...)))
+            parameters.append(
+                opts.option(
+                    f.name, hints[f.name], default, help=f.metadata["help"], show_default=default not in (None, ...)
+                )
+            )
     return parameters
 
 

@@ -35,7 +35,9 @@ def int_list(value: str | None, option: str) -> list[int]:
     try:
         return [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
-        raise OptionError(f"{option} must be comma-separated whole numbers, e.g. 256,512,1024; got {value!r}.") from None
+        raise OptionError(
+            f"{option} must be comma-separated whole numbers, e.g. 256,512,1024; got {value!r}."
+        ) from None
 
 
 def float_list(value: str | None, option: str) -> list[float]:
@@ -69,20 +71,27 @@ def lengths(value: str, option: str) -> tuple[int, ...]:
 
 def option(name: str, annotation: Any, default: Any, *flags: str, **kwargs: Any) -> inspect.Parameter:
     """One keyword-only typer option (``flags`` default to ``--name-with-dashes``)."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=typer.Option(default, *flags, **kwargs))
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(default, *flags, **kwargs)
+    )
 
 
 _ROPE_ID_HELP = {
     "rope_theta": (float, "Base of the original RoPE spectrum. Default: the source's."),
     "training_length": (int, "Training length L. Default: the source's max_position_embeddings."),
-    "rotary_fraction": (str, "Fraction of pairs that rotate (a multiple of 2/head_dim); 'auto' (pairs whose original "
-                        "frequency turns --turns-per-training-length times inside L) or 'auto:T' (at least T turns). "
-                        "Default: auto:0.5 (minimal), auto (original), 0.5 (rope_id)."),
+    "rotary_fraction": (
+        str,
+        "Fraction of pairs that rotate (a multiple of 2/head_dim); 'auto' (pairs whose original "
+        "frequency turns --turns-per-training-length times inside L) or 'auto:T' (at least T turns). "
+        "Default: auto:0.5 (minimal), auto (original), 0.5 (rope_id).",
+    ),
     "shortest_period": (float, "Period in tokens of the fastest pair of the rope_id spectrum (32)."),
     "turns_per_training_length": (float, "Turns the slowest rotated pair completes inside L (2)."),
-    "spectrum": (str, "rope_id (paper) | original (p-RoPE) | minimal (original where it turns enough, slower pairs "
-                 "sped up). Default: minimal."),
+    "spectrum": (
+        str,
+        "rope_id (paper) | original (p-RoPE) | minimal (original where it turns enough, slower pairs "
+        "sped up). Default: minimal.",
+    ),
     "temperature": (str, "Query temperature past L: query_log | length_log | none (query_log)."),
     "temperature_coefficient": (float, "c of query_log (0.1)."),
     "rotary_window": (int, "Experimental: keys this many tokens back or more are scored by the unrotated pairs only."),
@@ -96,8 +105,10 @@ assert set(_ROPE_ID_HELP) == set(ROPE_ID_OPTION_KEYS)
 def rope_id_options() -> list[inspect.Parameter]:
     """Every RoPE-ID parameter as ``--key-with-dashes`` (default None: the model's / the converter's default)."""
     shown = [option(key, kind | None, None, help=help_text) for key, (kind, help_text) in _ROPE_ID_HELP.items()]
-    hidden = [option(alias, _ROPE_ID_HELP[key][0] | None, None, "--" + alias.replace("_", "-"), hidden=True)
-              for alias, key in ROPE_ID_ALIASES.items()]
+    hidden = [
+        option(alias, _ROPE_ID_HELP[key][0] | None, None, "--" + alias.replace("_", "-"), hidden=True)
+        for alias, key in ROPE_ID_ALIASES.items()
+    ]
     return shown + hidden
 
 
@@ -108,7 +119,9 @@ def rope_id_values(options: dict[str, Any]) -> dict[str, Any]:
         value = options.pop(alias, None)
         if value is not None:
             if values[key] is not None and values[key] != value:
-                raise OptionError(f"--{alias.replace('_', '-')} is the old name of --{key.replace('_', '-')}; give one of them.")
+                raise OptionError(
+                    f"--{alias.replace('_', '-')} is the old name of --{key.replace('_', '-')}; give one of them."
+                )
             values[key] = value
     return values
 
@@ -128,8 +141,11 @@ def with_options(*groups: list[inspect.Parameter]) -> Callable[[Callable], Calla
 
     def decorate(command: Callable) -> Callable:
         hints = typing.get_type_hints(command, include_extras=True)  # typer reads no string annotations here
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-               for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(command).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
 
         @functools.wraps(command)
         def wrapper(**kwargs: Any) -> Any:

@@ -59,8 +59,11 @@ def write_lm_eval_tasks(
         hay = haystack[start : start + passkey_chars]
         at = hay.rfind("\n", 0, int(depth * len(hay)) + 1) + 1  # a line boundary at or before the depth
         prompt = (
-            retrieval.PASSKEY_INSTRUCTION + hay[:at] + retrieval.PASSKEY_NEEDLE.format(value=value)
-            + hay[at:] + retrieval.PASSKEY_QUESTION
+            retrieval.PASSKEY_INSTRUCTION
+            + hay[:at]
+            + retrieval.PASSKEY_NEEDLE.format(value=value)
+            + hay[at:]
+            + retrieval.PASSKEY_QUESTION
         )
         passkeys.append({"prompt": prompt, "answer": value, "depth": depth})
     written = []

@@ -76,20 +76,40 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     colors = plots.color_map(variants)
     written = []
     ppl = results["perplexity"]
-    for key, label, name in (("perplexity", "perplexity", "perplexity_vs_length.png"),
-                             ("tail_perplexity", "tail perplexity (last quarter)", "tail_perplexity_vs_length.png")):
+    for key, label, name in (
+        ("perplexity", "perplexity", "perplexity_vs_length.png"),
+        ("tail_perplexity", "tail perplexity (last quarter)", "tail_perplexity_vs_length.png"),
+    ):
         series = {v: (lengths, [ppl[v][str(n)][key] for n in lengths]) for v in variants if v in ppl}
-        written.append(plots.line_plot(
-            out_dir / name, series, xlabel="context length (tokens)", ylabel=label, log_x=True, log_y=True,
-            vline=L, vline_label=f"L = {L}", colors=colors, title=f"{label} vs context length",
-        ))
+        written.append(
+            plots.line_plot(
+                out_dir / name,
+                series,
+                xlabel="context length (tokens)",
+                ylabel=label,
+                log_x=True,
+                log_y=True,
+                vline=L,
+                vline_label=f"L = {L}",
+                colors=colors,
+                title=f"{label} vs context length",
+            )
+        )
     panels = {
         v: {str(n): _bucket_curve(ppl[v][str(n)]["position_loss"]) for n in lengths} for v in variants if v in ppl
     }
-    written.append(plots.lines_grid(
-        out_dir / "position_loss.png", panels, xlabel="position in window", ylabel="mean loss (nats)",
-        vline=L, legend_title="window length", markers=False, suptitle="Loss per position bucket",
-    ))
+    written.append(
+        plots.lines_grid(
+            out_dir / "position_loss.png",
+            panels,
+            xlabel="position in window",
+            ylabel="mean loss (nats)",
+            vline=L,
+            legend_title="window length",
+            markers=False,
+            suptitle="Loss per position bucket",
+        )
+    )
     written += retrieval.plot_results(results, out_dir)
     written += diagnostics.plot_results(results, out_dir)
     return written

@@ -77,8 +77,11 @@ def resolve_settings(config, settings: EvalSettings) -> EvalSettings:
             f"Diagnostic layers must be in 0..{config.num_hidden_layers - 1} and heads in "
             f"0..{config.num_attention_heads - 1}; got layers {bad_layers or 'ok'}, heads {bad_heads or 'ok'}."
         )
-    for name, value in (("batch_size", settings.batch_size), ("token_budget", settings.token_budget),
-                        ("tokens_per_length", settings.tokens_per_length)):
+    for name, value in (
+        ("batch_size", settings.batch_size),
+        ("token_budget", settings.token_budget),
+        ("tokens_per_length", settings.tokens_per_length),
+    ):
         if value < 1:
             raise EvaluationError(f"{name} must be at least 1, got {value}.")
     return EvalSettings(**{**asdict(settings), "lengths": lengths, "variants": variants, "training_length": length})
@@ -120,8 +123,14 @@ def run_evaluation(
     retrieval_sets = {}
     if settings.retrieval:
         retrieval_sets = retrieval.prepare_tasks(
-            tokenizer, haystack, settings.retrieval_tasks, lengths, settings.depths,
-            samples=settings.retrieval_samples, needles=settings.needles, seed=settings.seed,
+            tokenizer,
+            haystack,
+            settings.retrieval_tasks,
+            lengths,
+            settings.depths,
+            samples=settings.retrieval_samples,
+            needles=settings.needles,
+            seed=settings.seed,
         )
 
     results: dict[str, Any] = {
@@ -148,18 +157,30 @@ def run_evaluation(
             built_key = key
         results["rope_parameters"].setdefault(variant, {})[str(n)] = rope
         results["perplexity"].setdefault(variant, {})[str(n)] = perplexity_at_length(
-            variant_model, windows[n], batch_size=settings.batch_size, token_budget=settings.token_budget,
-            position_buckets=settings.position_buckets, progress=progress, description=f"{variant} ppl @ {n}",
+            variant_model,
+            windows[n],
+            batch_size=settings.batch_size,
+            token_budget=settings.token_budget,
+            position_buckets=settings.position_buckets,
+            progress=progress,
+            description=f"{variant} ppl @ {n}",
         )
         for task, samples in retrieval_sets.items():
             results["retrieval"][task].setdefault(variant, {})[str(n)] = retrieval.score_task(
-                variant_model, samples.get(n, []), settings.depths,
-                batch_size=settings.batch_size, token_budget=settings.token_budget,
+                variant_model,
+                samples.get(n, []),
+                settings.depths,
+                batch_size=settings.batch_size,
+                token_budget=settings.token_budget,
             )
         if settings.diagnostics:
             results["diagnostics"].setdefault(variant, {})[str(n)] = diagnostics.diagnose(
-                variant_model, windows[n][:1], layers=settings.diagnostic_layers, heads=settings.diagnostic_heads,
-                max_queries=settings.diagnostic_queries, position_buckets=settings.position_buckets,
+                variant_model,
+                windows[n][:1],
+                layers=settings.diagnostic_layers,
+                heads=settings.diagnostic_heads,
+                max_queries=settings.diagnostic_queries,
+                position_buckets=settings.position_buckets,
                 training_length=L,
             )
     return results
