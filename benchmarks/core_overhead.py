@@ -11,7 +11,6 @@ model in a fresh subprocess (CPU: peak RSS; CUDA: max_memory_allocated).
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import torch
 import typer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import hf_ropeid
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
 
 # SmolLM2-135M's geometry (30 layers, GQA 9/3, head_dim 64); random weights suffice for timing.

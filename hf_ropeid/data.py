@@ -9,109 +9,74 @@ perplexity at a length ``n`` measures ``n`` tokens of one coherent text.
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .documents import DataError, is_glob, read_documents
+from .errors import require
+
 logger = logging.getLogger(__name__)
 
-TABULAR_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-DEFAULT_DIRECTORY_PATTERNS = ("*.txt", "*.md", "*.markdown", "*.rst", "*.jsonl", "*.json", "*.parquet")
-
-
-class DataError(ValueError):
-    """The training or evaluation data cannot be used; the message says what was wrong."""
+__all__ = [
+    "DataError",
+    "DataSource",
+    "build_training_blocks",
+    "load_documents",
+    "load_held_out",
+    "pack_tokens",
+    "split_documents",
+    "tokenize_documents",
+    "window_tokens",
+]
 
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where documents come from: local paths (files, folders, globs) or one ``datasets`` name."""
+    """Where documents come from: local paths (files, folders, globs; see ``hf_ropeid.documents``) or one ``datasets`` name."""
 
     paths: tuple[str, ...]
     text_field: str = "text"
     dataset_config: str | None = None
     dataset_split: str = "train"
-    directory_patterns: tuple[str, ...] = DEFAULT_DIRECTORY_PATTERNS
 
 
-def _looks_like_path(raw: str) -> bool:
-    return raw.startswith(("/", ".", "~")) or Path(raw).suffix != "" or raw.count("/") > 1
-
-
-def _expand_local(paths: Sequence[str], patterns: Sequence[str]) -> list[Path] | None:
-    """Local files named by ``paths`` (folders searched recursively, globs expanded).
-
-    Returns None when ``paths`` is a single name that is no local path: a ``datasets`` name.
-    """
-    if len(paths) == 1 and not Path(paths[0]).expanduser().exists() and not _looks_like_path(paths[0]) \
-            and not any(ch in paths[0] for ch in "*?["):
-        return None
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found = sorted({f for pattern in patterns for f in path.rglob(pattern) if f.is_file()})
-            if not found:
-                raise DataError(f"The folder {path} holds no files matching {', '.join(patterns)}.")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        elif any(ch in raw for ch in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(raw), recursive=True)) if Path(m).is_file()]
-            if not matches:
-                raise DataError(f"The pattern {raw!r} matches no file.")
-            files.extend(matches)
-        else:
-            raise DataError(f"Data file or folder {raw!r} does not exist.")
-    return files
+def _is_dataset_name(paths: tuple[str, ...]) -> bool:
+    """One name that is no local path, no glob and has no file suffix: a ``datasets`` name like ``org/name``."""
+    if len(paths) != 1:
+        return False
+    raw = paths[0]
+    looks_like_path = raw.startswith(("/", ".", "~")) or Path(raw).suffix != "" or raw.count("/") > 1
+    return not Path(raw).expanduser().exists() and not looks_like_path and not is_glob(raw)
 
 
 def load_documents(source: DataSource):
     """A ``datasets.Dataset`` with one column ``text``, one row per non-empty document."""
+    require("datasets", "train", "Loading training data")
     import datasets
 
     if not source.paths:
         raise DataError("No data given: pass at least one file, folder, glob or datasets name.")
-    files = _expand_local(source.paths, source.directory_patterns)
-    parts = []  # (dataset, name of its text column)
-    if files is None:
-        if len(source.paths) != 1:
-            raise DataError(f"Give one datasets name at a time, got {list(source.paths)}.")
+    if _is_dataset_name(source.paths):
+        name = source.paths[0]
         try:
-            dataset = datasets.load_dataset(source.paths[0], source.dataset_config, split=source.dataset_split)
+            dataset = datasets.load_dataset(name, source.dataset_config, split=source.dataset_split)
         except Exception as err:  # datasets raises many types; the user needs the name and the cause
             raise DataError(
-                f"Could not load dataset {source.paths[0]!r} (config {source.dataset_config!r}, split "
+                f"Could not load dataset {name!r} (config {source.dataset_config!r}, split "
                 f"{source.dataset_split!r}): {err}. Local files must exist; Hub datasets must be cached when offline."
             ) from err
-        parts.append((dataset, source.text_field))
-    else:
-        by_builder: dict[str, list[str]] = {}
-        for f in files:
-            if f.stat().st_size == 0:
-                logger.warning("Skipping empty file %s", f)
-                continue
-            by_builder.setdefault(TABULAR_SUFFIXES.get(f.suffix.lower(), "text"), []).append(str(f))
-        for builder, names in sorted(by_builder.items()):
-            if builder == "text":  # one document per file
-                parts.append((datasets.load_dataset("text", data_files=names, split="train", sample_by="document"), "text"))
-            else:
-                parts.append((datasets.load_dataset(builder, data_files=names, split="train"), source.text_field))
-    normalised = []
-    for part, field in parts:
-        if field not in part.column_names:
+        if source.text_field not in dataset.column_names:
             raise DataError(
-                f"The data has no column {field!r} (columns: {part.column_names}); choose one with --text-field."
+                f"The data has no column {source.text_field!r} (columns: {dataset.column_names}); "
+                "choose one with --text-field."
             )
-        part = part.select_columns([field])
-        normalised.append(part.rename_column(field, "text") if field != "text" else part)
-    documents = datasets.concatenate_datasets(normalised) if normalised else None
-    if documents is not None:
+        dataset = dataset.select_columns([source.text_field])
+        documents = dataset.rename_column(source.text_field, "text") if source.text_field != "text" else dataset
         documents = documents.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
-    if documents is None or len(documents) == 0:
+    else:
+        documents = datasets.Dataset.from_dict({"text": list(read_documents(source.paths, source.text_field))})
+    if len(documents) == 0:
         raise DataError(f"The data in {list(source.paths)} holds no text (all files or rows are empty).")
     return documents
 
@@ -134,11 +99,13 @@ def split_documents(documents, eval_fraction: float, seed: int):
 
 def tokenize_documents(documents, tokenizer, num_proc: int | None = None):
     """Adds ``input_ids`` per document (with the tokenizer's own special tokens, e.g. a BOS)."""
+
     def tokenize(batch):
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]}
 
-    return documents.map(tokenize, batched=True, remove_columns=documents.column_names, num_proc=num_proc,
-                         desc="Tokenising")
+    return documents.map(
+        tokenize, batched=True, remove_columns=documents.column_names, num_proc=num_proc, desc="Tokenising"
+    )
 
 
 def pack_tokens(tokenized, seq_length: int, eos_token_id: int):
@@ -184,8 +151,15 @@ def window_tokens(tokenized, length: int, max_windows: int | None = None) -> lis
     return windows
 
 
-def build_training_blocks(source: DataSource, tokenizer, seq_length: int, *, seed: int, eval_fraction: float = 0.0,
-                          num_proc: int | None = None):
+def build_training_blocks(
+    source: DataSource,
+    tokenizer,
+    seq_length: int,
+    *,
+    seed: int,
+    eval_fraction: float = 0.0,
+    num_proc: int | None = None,
+):
     """``(train_blocks, held_out_tokenized_or_None)``: packed training blocks and held-out documents."""
     if tokenizer.eos_token_id is None:
         raise DataError("The tokenizer has no EOS token; packing needs one between documents.")

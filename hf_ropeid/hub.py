@@ -10,8 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import HfRopeIDError
+from .model_card import FINETUNING_RECORD, write_finetuned_model_card, write_model_card
 
-class HubError(RuntimeError):
+
+class HubError(HfRopeIDError, RuntimeError):
     """The folder cannot be pushed, or the Hub refused; the message says why."""
 
 
@@ -22,7 +25,9 @@ def check_pushable(folder: Path) -> None:
     if not list(folder.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
-        raise HubError(f"{folder} is not a complete checkpoint (missing {', '.join(missing)}); convert it first with `hf-ropeid convert`.")
+        raise HubError(
+            f"{folder} is not a complete checkpoint (missing {', '.join(missing)}); convert it first with `hf-ropeid convert`."
+        )
 
 
 def _is_rope_id(folder: Path) -> bool:
@@ -57,12 +62,8 @@ def push_to_hub(
     if create_pr and revision not in (None, "main"):
         raise HubError("create_pr opens a pull request against the default branch; do not combine it with a revision.")
     if (folder / "conversion.json").is_file():
-        from .model_card import write_model_card
-
         write_model_card(folder, repo_id=repo_id)
-    elif (folder / "finetuning.json").is_file() and _is_rope_id(folder):
-        from .merge import write_finetuned_model_card
-
+    elif (folder / FINETUNING_RECORD).is_file() and _is_rope_id(folder):
         write_finetuned_model_card(folder, repo_id=repo_id)
     api = api if api is not None else HfApi(token=token)
     message = commit_message or f"Upload {folder.name} (RoPE-ID conversion by hf-ropeid)"

@@ -1,4 +1,4 @@
-"""Model cards (README.md) for converted checkpoints, rendered from ``model_cards/`` templates.
+"""Model cards (README.md) for converted and for fine-tuned (merged) checkpoints, from ``model_cards/`` templates.
 
 The templates live in the repository's ``model_cards/`` folder; ``hf_ropeid/templates`` is a
 symlink to it, so they are package data in an installed wheel too.
@@ -12,8 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
+from .utils import head_dim_of
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULT_TEMPLATE = TEMPLATES / "rope_id_model_card.md"
+FINETUNED_TEMPLATE = TEMPLATES / "rope_id_finetuned_model_card.md"
+FINETUNING_RECORD = "finetuning.json"  # written by ``hf-ropeid merge``: what was trained, how, final perplexities
 TAGS = ("custom_code", "rope-id", "long-context", "llama")
 
 
@@ -167,8 +172,73 @@ def write_model_card(
         eval_table=perplexity_table(verification),
         extra_rows=extra,
     )
-    readme = folder / "README.md"
-    partial = folder / ".README.md.partial"
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, readme)
-    return readme
+    return write_text_atomic(folder / "README.md", text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuned (merged) checkpoints
+
+
+def render_finetuned_card(
+    folder: Path,
+    record: dict[str, Any],
+    *,
+    model_name: str,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+) -> str:
+    """README.md for a merged RoPE-ID checkpoint, through model_card.render_model_card."""
+    config = json.loads((folder / "config.json").read_text())
+    head_dim = head_dim_of(config)
+    training = record["training"]
+    rows = {
+        "fine-tuning": f"LoRA r={training.get('lora_r')}, alpha={training.get('lora_alpha')} on "
+        f"{', '.join(training.get('target_modules', []))}"
+        + (" + embeddings and norms" if training.get("train_embeddings_and_norms") else "")
+        + ", merged",
+        "steps x tokens": f"{record['steps']} x {training.get('batch_size', 1) * training.get('gradient_accumulation_steps', 1)}"
+        f" x {training.get('seq_length')}",
+        "learning rate": f"{training.get('learning_rate')} ({training.get('lr_scheduler')}, warmup {training.get('warmup_steps')})",
+        "training data": ", ".join(Path(d).name for d in training.get("data", [])[:5])
+        + (" ..." if len(training.get("data", [])) > 5 else ""),
+    }
+    evals = {k: v for k, v in record["final_eval"].items() if k.startswith("eval_ppl@")}
+    eval_table = None
+    if evals:
+        held_out = ", ".join(Path(d).name for d in training.get("eval_data", [])) or "held-out training documents"
+        eval_table = (
+            "| tokens per window | perplexity after fine-tuning |\n|---|---|\n"
+            + "\n".join(f"| {k.split('@')[1]} | {v:.2f} |" for k, v in evals.items())
+            + f"\n\nHeld-out text: {held_out}."
+        )
+    return render_model_card(
+        model_name=model_name if repo_id is None else repo_id.split("/")[-1],
+        rope_parameters=config["rope_parameters"],
+        head_dim=head_dim,
+        channel_selection=training.get("channel_selection", "frequency"),
+        source=record["source_model"],
+        base_model=base_model,
+        license=license,
+        repo_id=repo_id,
+        eval_table=eval_table,
+        extra_rows=rows,
+        template=FINETUNED_TEMPLATE,
+    )
+
+
+def write_finetuned_model_card(
+    folder: str | os.PathLike, *, repo_id: str | None = None, base_model: str | None = None, license: str | None = None
+) -> Path:
+    """(Re)writes ``folder/README.md`` of a merged checkpoint from its finetuning.json (e.g. naming ``repo_id``).
+
+    ``base_model`` / ``license`` default to the ones given at merge time.
+    """
+    folder = Path(folder)
+    record = json.loads((folder / FINETUNING_RECORD).read_text())
+    base_model = base_model if base_model is not None else record.get("base_model")
+    license = license if license is not None else record.get("license")
+    text = render_finetuned_card(
+        folder, record, model_name=folder.name, repo_id=repo_id, base_model=base_model, license=license
+    )
+    return write_text_atomic(folder / "README.md", text)

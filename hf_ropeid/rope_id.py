@@ -144,8 +144,10 @@ def _is_number(value: Any) -> bool:
 
 
 def head_dim_of(config: Any) -> int:
-    """Channels per attention head of a transformers config: ``head_dim`` if set, else ``hidden_size // num_attention_heads``."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    """Channels per attention head of a transformers config (or its dict): ``head_dim`` if set, else
+    ``hidden_size // num_attention_heads``. The one place the project derives it."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    return get("head_dim", None) or get("hidden_size", 0) // max(get("num_attention_heads", 1) or 1, 1)
 
 
 def rope_id_settings(rope_parameters: dict[str, Any], default_training_length: int) -> dict[str, Any]:

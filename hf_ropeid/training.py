@@ -14,6 +14,14 @@ Layout of ``output_dir``::
     checkpoints/step-000050/   accelerate state (trainable weights only) + trainer_state.json
     adapter/             the final LoRA adapter (peft format) + tokenizer   (LoRA runs)
     model/               the final full model + tokenizer                   (full fine-tunes)
+
+``output_dir`` is a run folder that grows while training (checkpoints, log), so it is not swapped
+as a whole: ``force`` empties a non-empty one at the start. Everything inside it is written
+through ``hf_ropeid.atomic``.
+
+The arguments come in five groups, one per concern (as trl splits its script, model and training
+arguments): ``ConversionArguments``, ``DataArguments``, ``AdapterArguments``,
+``OptimizationArguments`` and ``RunArguments``; ``FinetuneArguments`` holds one of each.
 """
 
 from __future__ import annotations
@@ -23,15 +31,16 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .conversion import parse_rotary_fraction
-from .data import DataError, DataSource, build_training_blocks, load_held_out, window_tokens
+from .atomic import atomic_directory, atomic_file, check_target, partial_path, write_json_atomic
+from .data import DataSource, build_training_blocks, load_held_out, window_tokens
+from .errors import HfRopeIDError, require
+from .parameters import ROPE_ID_OPTION_KEYS, parse_rotary_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +52,23 @@ TRACKERS = ("tensorboard", "wandb")
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
 # Arguments that may change when resuming without changing what the run computes.
-RESUMABLE_CHANGES = {"max_steps", "num_epochs", "eval_every", "save_every", "save_total_limit", "log_every",
-                     "resume_from", "report_to", "force", "output_dir", "eval_at_start", "num_proc"}
+RESUMABLE_CHANGES = {
+    "max_steps",
+    "num_epochs",
+    "eval_every",
+    "save_every",
+    "save_total_limit",
+    "log_every",
+    "resume_from",
+    "report_to",
+    "force",
+    "output_dir",
+    "eval_at_start",
+    "num_proc",
+}
 
 
-class TrainingError(ValueError):
+class TrainingError(HfRopeIDError, ValueError):
     """Training cannot start or continue; the message says what was wrong and what is accepted."""
 
 
@@ -55,40 +76,124 @@ def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
 
 
+def _need(condition: bool, message: str) -> None:
+    if not condition:
+        raise TrainingError(message)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
 @dataclass
-class FinetuneArguments:
-    """Everything ``hf-ropeid finetune`` accepts; each field is one command-line option."""
+class ConversionArguments:
+    """The model to train, and how a plain Llama is converted to RoPE-ID first (every RoPE-ID parameter)."""
 
     model: str = _help("RoPE-ID folder or Hub id, or a plain Llama folder / Hub id (converted first, see --convert).")
-    data: list[str] = _help("Training text: files (.txt .md .py .jsonl .json .parquet), folders, globs, or one datasets name.")
-    output_dir: str = _help("Where the adapter, checkpoints and log go.")
-    # conversion of a plain Llama checkpoint
-    convert: bool = _help("Convert a plain Llama checkpoint to RoPE-ID before training (--no-convert trains it as it is, e.g. a control run).", default=True)
-    spectrum: str | None = _help("RoPE-ID spectrum for the conversion: rope_id | original | minimal.", default=None)
-    rotary_fraction: str | None = _help("Fraction of each head that rotates, or 'auto' (conversion).", default=None)
-    training_length: int | None = _help("L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None)
-    shortest_period: float | None = _help("Period in tokens of the fastest rotated pair (conversion).", default=None)
-    turns_per_training_length: float | None = _help("Turns of the slowest pair inside L (conversion).", default=None)
-    temperature: str | None = _help("Query temperature beyond L: query_log | length_log | none (conversion).", default=None)
+    convert: bool = _help(
+        "Convert a plain Llama checkpoint to RoPE-ID before training (--no-convert trains it as it is, e.g. a control run).",
+        default=True,
+    )
     channel_selection: str = _help("Which channel pairs keep rotating in the conversion.", default="frequency")
     trust_remote_code: bool = _help("Allow remote code for models that are neither Llama nor RoPE-ID.", default=False)
-    # data
-    eval_data: list[str] = _help("Held-out text (same forms as --data); else --eval-fraction of the training documents.", default_factory=list)
+    rope_theta: float | None = _help("Base of the original spectrum (conversion; default: the model's).", default=None)
+    training_length: int | None = _help(
+        "L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None
+    )
+    rotary_fraction: str | None = _help(
+        "Fraction of each head that rotates, or 'auto' / 'auto:T' (conversion).", default=None
+    )
+    shortest_period: float | None = _help("Period in tokens of the fastest rotated pair (conversion).", default=None)
+    turns_per_training_length: float | None = _help("Turns of the slowest pair inside L (conversion).", default=None)
+    spectrum: str | None = _help("RoPE-ID spectrum for the conversion: rope_id | original | minimal.", default=None)
+    temperature: str | None = _help(
+        "Query temperature beyond L: query_log | length_log | none (conversion).", default=None
+    )
+    temperature_coefficient: float | None = _help("c of query_log (conversion).", default=None)
+    rotary_window: int | None = _help(
+        "Experimental: keys this many tokens back or more are scored without phase (conversion).", default=None
+    )
+    far_field: str | None = _help("Experimental: none | log_count (conversion).", default=None)
+
+    def __post_init__(self) -> None:
+        try:
+            parse_rotary_fraction(self.rotary_fraction)
+        except ValueError as err:
+            raise TrainingError(f"--rotary-fraction: {err}") from None
+
+    def rope_id_parameters(self) -> dict[str, Any]:
+        values = {k: getattr(self, k) for k in ROPE_ID_OPTION_KEYS if getattr(self, k) is not None}
+        if "rotary_fraction" in values:
+            values["rotary_fraction"] = parse_rotary_fraction(values["rotary_fraction"])
+        return values
+
+
+@dataclass
+class DataArguments:
+    """Training and held-out text, and how it is cut into sequences and evaluation windows."""
+
+    data: list[str] = _help(
+        "Training text: files (.txt .md .markdown .rst .py .jsonl .json .parquet), folders, globs, or one datasets name."
+    )
+    eval_data: list[str] = _help(
+        "Held-out text (same forms as --data); else --eval-fraction of the training documents.", default_factory=list
+    )
     eval_fraction: float = _help("Fraction of training documents held out when no --eval-data is given.", default=0.0)
-    text_field: str = _help("Column holding the text in jsonl / parquet / datasets data.", default="text")
+    text_field: str = _help("Column holding the text in jsonl / json / parquet / datasets data.", default="text")
     dataset_config: str | None = _help("Config name of a datasets dataset.", default=None)
     seq_length: int = _help("Tokens per training sequence.", default=1024)
-    eval_lengths: list[int] = _help("Lengths at which held-out perplexity is measured (default: seq_length and 2*seq_length).", default_factory=list)
-    eval_tokens: int = _help("Held-out tokens per evaluation length: eval_tokens // length windows (at least 1), each inside one document.", default=16384)
+    eval_lengths: list[int] = _help(
+        "Lengths at which held-out perplexity is measured (default: seq_length and 2*seq_length).", default_factory=list
+    )
+    eval_tokens: int = _help(
+        "Held-out tokens per evaluation length: eval_tokens // length windows (at least 1), each inside one document.",
+        default=16384,
+    )
     num_proc: int | None = _help("Processes for tokenising.", default=None)
-    # adapter
+
+    def __post_init__(self) -> None:
+        self.data, self.eval_data = list(self.data), list(self.eval_data)
+        self.eval_lengths = [int(n) for n in self.eval_lengths] or [self.seq_length, 2 * self.seq_length]
+        _need(bool(self.data), "No training data: pass at least one --data file, folder, glob or datasets name.")
+        _need(self.seq_length >= 2, f"--seq-length must be at least 2, got {self.seq_length}.")
+        _need(
+            all(n >= 2 for n in self.eval_lengths), f"--eval-lengths must all be at least 2, got {self.eval_lengths}."
+        )
+        _need(self.eval_tokens >= 2, f"--eval-tokens must be at least 2, got {self.eval_tokens}.")
+        _need(0 <= self.eval_fraction < 1, f"--eval-fraction must be in [0, 1), got {self.eval_fraction}.")
+        _need(not (self.eval_data and self.eval_fraction), "Give either --eval-data or --eval-fraction, not both.")
+
+
+@dataclass
+class AdapterArguments:
+    """What is trained: a LoRA adapter (rank, targets, extra modules) or every weight."""
+
     full_finetune: bool = _help("Train every weight instead of a LoRA adapter.", default=False)
     lora_r: int = _help("LoRA rank.", default=16)
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r).", default=32.0)
     lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
-    target_modules: list[str] = _help("Linear layers that get LoRA (names or 'all-linear').", default_factory=lambda: list(DEFAULT_TARGET_MODULES))
-    train_embeddings_and_norms: bool = _help("Also train embeddings and all norms (peft modules_to_save; LongLoRA's recipe for context extension).", default=False)
-    # optimisation
+    target_modules: list[str] = _help(
+        "Linear layers that get LoRA (names or 'all-linear').", default_factory=lambda: list(DEFAULT_TARGET_MODULES)
+    )
+    train_embeddings_and_norms: bool = _help(
+        "Also train embeddings and all norms (peft modules_to_save; LongLoRA's recipe for context extension).",
+        default=False,
+    )
+
+    def __post_init__(self) -> None:
+        self.target_modules = list(self.target_modules)
+        _need(self.lora_r >= 1, f"--lora-r must be a positive integer, got {self.lora_r}.")
+        _need(self.lora_alpha > 0, f"--lora-alpha must be positive, got {self.lora_alpha}.")
+        _need(0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}.")
+        _need(
+            bool(self.target_modules) or self.full_finetune,
+            "--target-modules is empty; name at least one linear layer.",
+        )
+
+
+@dataclass
+class OptimizationArguments:
+    """Optimizer, schedule, batch and precision."""
+
     learning_rate: float = _help("Peak learning rate.", default=2e-4)
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     lr_scheduler: str = _help("cosine | linear | constant (after warmup).", default="cosine")
@@ -101,88 +206,119 @@ class FinetuneArguments:
     mixed_precision: str = _help("no | bf16 | fp16 (weights stay fp32).", default="no")
     activation_checkpointing: bool = _help("Recompute activations in the backward pass (saves memory).", default=False)
     seed: int = _help("Seed for adapter init, data order and dropout.", default=0)
-    # bookkeeping
+
+    def __post_init__(self) -> None:
+        _need(
+            self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            f"--learning-rate must be positive, got {self.learning_rate}.",
+        )
+        _need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        _need(
+            self.lr_scheduler in SCHEDULERS,
+            f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}.",
+        )
+        _need(self.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {self.warmup_steps}.")
+        _need(self.max_steps is None or self.max_steps >= 1, f"--max-steps must be at least 1, got {self.max_steps}.")
+        _need(self.num_epochs > 0, f"--num-epochs must be positive, got {self.num_epochs}.")
+        _need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.")
+        _need(
+            self.gradient_accumulation_steps >= 1,
+            f"--gradient-accumulation-steps must be at least 1, got {self.gradient_accumulation_steps}.",
+        )
+        _need(self.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {self.max_grad_norm}.")
+        _need(
+            self.mixed_precision in MIXED_PRECISION,
+            f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}.",
+        )
+
+
+@dataclass
+class RunArguments:
+    """Where the run writes, how often it logs, evaluates and checkpoints, and where it resumes."""
+
+    output_dir: str = _help("Where the adapter, checkpoints and log go.")
     log_every: int = _help("Log training loss every N steps.", default=1)
     eval_every: int = _help("Evaluate every N steps (0: only at the end).", default=0)
     eval_at_start: bool = _help("Evaluate before the first step.", default=True)
     save_every: int = _help("Checkpoint every N steps (0: none).", default=0)
     save_total_limit: int | None = _help("Keep only the newest N checkpoints.", default=None)
     resume_from: str | None = _help("Checkpoint folder to continue from, or 'latest' (in output_dir).", default=None)
-    report_to: list[str] = _help("Extra trackers: tensorboard, wandb (the JSON log is always written).", default_factory=list)
-    force: bool = _help("Replace a non-empty output_dir.", default=False)
+    report_to: list[str] = _help(
+        "Extra trackers: tensorboard, wandb (the JSON log is always written).", default_factory=list
+    )
+    force: bool = _help("Empty a non-empty output_dir before training.", default=False)
 
     def __post_init__(self) -> None:
-        self.data = list(self.data)
-        self.eval_data = list(self.eval_data)
-        self.eval_lengths = [int(n) for n in self.eval_lengths] or [self.seq_length, 2 * self.seq_length]
-        self.target_modules = list(self.target_modules)
         self.report_to = list(self.report_to)
-        validate_arguments(self)
+        for name in ("eval_every", "save_every"):
+            _need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        _need(self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}.")
+        _need(
+            self.save_total_limit is None or self.save_total_limit >= 1,
+            f"--save-total-limit must be at least 1, got {self.save_total_limit}.",
+        )
+        unknown = sorted(set(self.report_to) - set(TRACKERS))
+        _need(not unknown, f"Unknown --report-to tracker(s) {unknown}; accepted: {', '.join(TRACKERS)}.")
 
-    def rope_id_parameters(self) -> dict[str, Any]:
-        keys = ("spectrum", "rotary_fraction", "training_length", "shortest_period", "turns_per_training_length", "temperature")
-        values = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        if "rotary_fraction" in values:
-            values["rotary_fraction"] = parse_rotary_fraction(values["rotary_fraction"])
-        return values
+
+ARGUMENT_GROUPS = {
+    "conversion": ConversionArguments,
+    "data": DataArguments,
+    "adapter": AdapterArguments,
+    "optimization": OptimizationArguments,
+    "run": RunArguments,
+}
+
+
+@dataclass
+class FinetuneArguments:
+    """Everything ``hf-ropeid finetune`` accepts, one group per concern; each field is one command-line option.
+
+    ``from_flat(**options)`` builds it from flat keyword arguments (the option names); ``to_json()``
+    flattens it again (the format of ``training_args.json`` and of checkpoints).
+    """
+
+    conversion: ConversionArguments
+    data: DataArguments
+    adapter: AdapterArguments
+    optimization: OptimizationArguments
+    run: RunArguments
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> FinetuneArguments:
+        groups = {}
+        for name, group in ARGUMENT_GROUPS.items():
+            names = {f.name for f in dataclasses.fields(group)}
+            groups[name] = group(**{k: options.pop(k) for k in list(options) if k in names})
+        if options:
+            raise TypeError(f"Unknown finetune argument(s): {sorted(options)}")
+        return cls(**groups)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def validate_arguments(a: FinetuneArguments) -> None:
-    """Raises TrainingError for any out-of-range argument, naming it and what is accepted."""
-    def need(condition: bool, message: str) -> None:
-        if not condition:
-            raise TrainingError(message)
-
-    need(bool(a.data), "No training data: pass at least one --data file, folder, glob or datasets name.")
-    need(a.seq_length >= 2, f"--seq-length must be at least 2, got {a.seq_length}.")
-    need(all(n >= 2 for n in a.eval_lengths), f"--eval-lengths must all be at least 2, got {a.eval_lengths}.")
-    need(a.eval_tokens >= 2, f"--eval-tokens must be at least 2, got {a.eval_tokens}.")
-    try:
-        parse_rotary_fraction(a.rotary_fraction)
-    except ValueError as err:
-        raise TrainingError(f"--rotary-fraction: {err}") from None
-    need(0 <= a.eval_fraction < 1, f"--eval-fraction must be in [0, 1), got {a.eval_fraction}.")
-    need(not (a.eval_data and a.eval_fraction), "Give either --eval-data or --eval-fraction, not both.")
-    need(a.lora_r >= 1, f"--lora-r must be a positive integer, got {a.lora_r}.")
-    need(a.lora_alpha > 0, f"--lora-alpha must be positive, got {a.lora_alpha}.")
-    need(0 <= a.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {a.lora_dropout}.")
-    need(bool(a.target_modules) or a.full_finetune, "--target-modules is empty; name at least one linear layer.")
-    need(a.learning_rate > 0 and math.isfinite(a.learning_rate), f"--learning-rate must be positive, got {a.learning_rate}.")
-    need(a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}.")
-    need(a.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {a.lr_scheduler!r}.")
-    need(a.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {a.warmup_steps}.")
-    need(a.max_steps is None or a.max_steps >= 1, f"--max-steps must be at least 1, got {a.max_steps}.")
-    need(a.num_epochs > 0, f"--num-epochs must be positive, got {a.num_epochs}.")
-    need(a.batch_size >= 1, f"--batch-size must be at least 1, got {a.batch_size}.")
-    need(a.gradient_accumulation_steps >= 1, f"--gradient-accumulation-steps must be at least 1, got {a.gradient_accumulation_steps}.")
-    need(a.max_grad_norm >= 0, f"--max-grad-norm must be >= 0, got {a.max_grad_norm}.")
-    need(a.mixed_precision in MIXED_PRECISION, f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {a.mixed_precision!r}.")
-    for name in ("log_every", "eval_every", "save_every"):
-        need(getattr(a, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}.")
-    need(a.log_every >= 1, f"--log-every must be at least 1, got {a.log_every}.")
-    need(a.save_total_limit is None or a.save_total_limit >= 1, f"--save-total-limit must be at least 1, got {a.save_total_limit}.")
-    unknown = sorted(set(a.report_to) - set(TRACKERS))
-    need(not unknown, f"Unknown --report-to tracker(s) {unknown}; accepted: {', '.join(TRACKERS)}.")
+        return {k: v for name in ARGUMENT_GROUPS for k, v in dataclasses.asdict(getattr(self, name)).items()}
 
 
 # ----------------------------------------------------------------------------- model
 
 
-def load_base_model(args: FinetuneArguments, calibration_input_ids=None):
+def load_base_model(args: ConversionArguments, calibration_input_ids=None):
     """``(model, converted)``: the model to train, in float32, and whether it was converted here."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=torch.float32, trust_remote_code=args.trust_remote_code
+    )
     if config.model_type == "llama" and args.convert:
         from .conversion import convert_model
 
-        model = convert_model(model, channel_selection=args.channel_selection,
-                              calibration_input_ids=calibration_input_ids, **args.rope_id_parameters())
+        model = convert_model(
+            model,
+            channel_selection=args.channel_selection,
+            calibration_input_ids=calibration_input_ids,
+            **args.rope_id_parameters(),
+        )
         return model, True
     if args.rope_id_parameters():
         raise TrainingError(
@@ -197,15 +333,20 @@ def tied_embeddings(model) -> bool:
     return bool(getattr(config, "tie_word_embeddings", False))
 
 
-def add_lora(model, args: FinetuneArguments):
+def add_lora(model, args: AdapterArguments):
     """Wraps ``model`` in a peft LoRA model; raises TrainingError if the targets match nothing."""
+    require("peft", "train", "LoRA training")
     from peft import LoraConfig, get_peft_model
 
     modules_to_save = list(EMBEDDING_AND_NORM_MODULES) if args.train_embeddings_and_norms else None
     targets: str | list[str] = "all-linear" if args.target_modules == ["all-linear"] else args.target_modules
     config = LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets,
-        modules_to_save=modules_to_save, task_type="CAUSAL_LM",
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+        task_type="CAUSAL_LM",
         # With tied embeddings a trainable copy of embed_tokens must stay tied to lm_head.
         ensure_weight_tying=bool(modules_to_save) and tied_embeddings(model),
     )
@@ -213,7 +354,9 @@ def add_lora(model, args: FinetuneArguments):
         return get_peft_model(model, config)
     except ValueError as err:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise TrainingError(f"LoRA targets {args.target_modules} do not fit the model ({err}). Linear layers: {linear}.") from err
+        raise TrainingError(
+            f"LoRA targets {args.target_modules} do not fit the model ({err}). Linear layers: {linear}."
+        ) from err
 
 
 # ----------------------------------------------------------------------------- data order
@@ -249,47 +392,17 @@ def collate_blocks(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"input_ids": input_ids, "labels": input_ids}
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def atomic_directory(target: Path, write, *, replace: bool = False) -> Path:
-    """Calls ``write(tmp_dir)`` on a temporary folder beside ``target`` and renames it into place."""
-    import tempfile
-
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        write(tmp)
-        tmp.chmod(0o755)
-        if target.exists():
-            if not replace:
-                raise FileExistsError(f"{target} already exists.")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------- checkpoints and resume
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints (with trainer_state.json), oldest first."""
     root = Path(output_dir) / "checkpoints"
     found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if (p / TRAINER_STATE).is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def resolve_resume(args: FinetuneArguments) -> Path | None:
+def resolve_resume(args: RunArguments) -> Path | None:
     if args.resume_from is None:
         return None
     if args.resume_from == "latest":
@@ -314,34 +427,7 @@ def check_resume_compatible(saved: dict[str, Any], args: FinetuneArguments) -> N
         )
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate_perplexity(model, windows_by_length: dict[int, list[list[int]]], accelerator) -> dict[int, float]:
-    """Perplexity per length over held-out windows, windows sharded across processes."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    results = {}
-    with torch.no_grad():
-        for length, windows in windows_by_length.items():
-            totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # nll sum, token count
-            mine = windows[accelerator.process_index :: accelerator.num_processes]
-            # Every process runs the same number of forwards (FSDP needs them in lockstep); padding counts 0.
-            for i in range(math.ceil(len(windows) / accelerator.num_processes)):
-                ids = torch.tensor([mine[i] if i < len(mine) else windows[0]], device=accelerator.device)
-                with accelerator.autocast():
-                    loss = model(input_ids=ids, labels=ids).loss
-                weight = float(i < len(mine)) * (length - 1)
-                totals += torch.tensor([loss.item() * weight, weight], dtype=torch.float64, device=accelerator.device)
-            totals = accelerator.reduce(totals, reduction="sum")
-            results[length] = math.exp(totals[0].item() / totals[1].item())
-    model.train(was_training)
-    return results
-
-
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- log
 
 
 class JsonLog:
@@ -350,10 +436,11 @@ class JsonLog:
     def __init__(self, path: Path, enabled: bool, keep_until_step: int | None):
         self.path, self.enabled = path, enabled
         if enabled and keep_until_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until_step]
-            tmp = path.with_name(f".{path.name}.partial")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            kept = [
+                line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= keep_until_step
+            ]
+            with atomic_file(path) as partial:
+                partial.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -366,33 +453,16 @@ def read_log(output_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def _check_output_dir(args: FinetuneArguments) -> None:
-    out = Path(args.output_dir)
-    if args.resume_from is None and not args.force and out.exists() and any(out.iterdir()):
-        raise TrainingError(f"{out} exists and is not empty; pass --force to replace it or --resume-from to continue.")
-
-
-def _prepare_output_dir(args: FinetuneArguments, accelerator) -> Path:
-    out = Path(args.output_dir)
-    if accelerator.is_main_process and args.resume_from is None and out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)  # --force was given (checked by _check_output_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.resume_from is None:
-            write_json_atomic(out / "training_args.json", args.to_json())
-    accelerator.wait_for_everyone()
-    return out
-
-
-def _trackers(args: FinetuneArguments) -> list[str]:
+def _trackers(args: RunArguments) -> list[str]:
     import importlib.util
 
     usable = []
     for name in args.report_to:
         module = "torch.utils.tensorboard" if name == "tensorboard" else name
         try:
-            found = importlib.util.find_spec(module) is not None and (name != "tensorboard" or importlib.util.find_spec("tensorboard"))
+            found = importlib.util.find_spec(module) is not None and (
+                name != "tensorboard" or importlib.util.find_spec("tensorboard")
+            )
         except ModuleNotFoundError:
             found = False
         if found:
@@ -402,104 +472,227 @@ def _trackers(args: FinetuneArguments) -> list[str]:
     return usable
 
 
-def train(args: FinetuneArguments) -> dict[str, Any]:
-    """Runs (or resumes) one training run; returns a summary (final metrics, output paths, the trained ``model``)."""
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_perplexity(model, windows_by_length: dict[int, list[list[int]]], accelerator) -> dict[int, float]:
+    """Perplexity per length over held-out windows, windows sharded across processes.
+
+    The loss of each window comes from the package's one perplexity pass
+    (``evaluation.passes.token_losses``), through the model's own forward (FSDP-safe).
+    """
     import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
-    trackers = _trackers(args)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, log_with=trackers or None,
-                              project_dir=args.output_dir, step_scheduler_with_optimizer=False)
-    _check_output_dir(args)
-    resume_dir = resolve_resume(args)
-    if resume_dir is not None:
-        check_resume_compatible(json.loads((resume_dir / TRAINER_STATE).read_text())["args"], args)
+    from .evaluation.passes import token_losses
 
-    # Data first: it is cheap to fail on (before output_dir is touched), and a calibrated conversion needs a block.
+    was_training = model.training
+    model.eval()
+    results = {}
+    for length, windows in windows_by_length.items():
+        totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # nll sum, token count
+        mine = windows[accelerator.process_index :: accelerator.num_processes]
+        # Every process runs the same number of forwards (FSDP needs them in lockstep); padding counts 0.
+        for i in range(math.ceil(len(windows) / accelerator.num_processes)):
+            ids = torch.tensor([mine[i] if i < len(mine) else windows[0]], device=accelerator.device)
+            with accelerator.autocast():
+                nll = token_losses(model, ids, logits_chunk=None).double().sum().item()
+            weight = float(i < len(mine))
+            totals += torch.tensor(
+                [nll * weight, weight * (length - 1)], dtype=torch.float64, device=accelerator.device
+            )
+        totals = accelerator.reduce(totals, reduction="sum")
+        results[length] = math.exp(totals[0].item() / totals[1].item())
+    model.train(was_training)
+    return results
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainingRun:
+    """The state of one run between setup and finish; ``step`` counts completed optimizer steps."""
+
+    args: FinetuneArguments
+    accelerator: Any
+    out: Path
+    tokenizer: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    dataloader: Any
+    parameters: list
+    windows_by_length: dict[int, list[list[int]]]
+    log: JsonLog
+    trackers: list[str]
+    base_reference: str
+    converted: bool
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0
+    last_loss: float = float("nan")
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+class _TrainableOnly:
+    """Accelerate state hooks: checkpoints hold only the trainable weights (the base never changes in a LoRA run)."""
+
+    def __init__(self, trainable_names: set[str]):
+        self.names = trainable_names
+
+    def save(self, models, weights, output_dir) -> None:
+        for i, state in enumerate(weights):
+            weights[i] = {k: v for k, v in state.items() if k in self.names}
+
+    def load(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        for i, model in enumerate(models):
+            state = load_file(str(Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")))
+            missing = self.names - set(state)
+            if missing:
+                raise TrainingError(f"Checkpoint {input_dir} lacks trainable weights {sorted(missing)[:5]}...")
+            model.load_state_dict(state, strict=False)
+        models.clear()  # loaded here; accelerate must not load them again (strictly)
+
+
+def _prepare_output_dir(args: FinetuneArguments, accelerator) -> Path:
+    out = Path(args.run.output_dir)
+    if accelerator.is_main_process and args.run.resume_from is None and out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)  # --force was given (checked before any work)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.run.resume_from is None:
+            write_json_atomic(out / "training_args.json", args.to_json())
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _load_text(args: FinetuneArguments, accelerator):
+    """``(tokenizer, train_blocks, windows_by_length)``: cheap to fail on, so it runs before output_dir is touched."""
     with accelerator.main_process_first():
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-        source = DataSource(tuple(args.data), text_field=args.text_field, dataset_config=args.dataset_config)
-        train_blocks, held_out = build_training_blocks(source, tokenizer, args.seq_length, seed=args.seed,
-                                                       eval_fraction=args.eval_fraction, num_proc=args.num_proc)
-        if args.eval_data:
-            held_out = load_held_out(DataSource(tuple(args.eval_data), text_field=args.text_field,
-                                                dataset_config=args.dataset_config), tokenizer, args.num_proc)
+        data = args.data
+        tokenizer = AutoTokenizer.from_pretrained(
+            args.conversion.model, trust_remote_code=args.conversion.trust_remote_code
+        )
+        source = DataSource(tuple(data.data), text_field=data.text_field, dataset_config=data.dataset_config)
+        train_blocks, held_out = build_training_blocks(
+            source,
+            tokenizer,
+            data.seq_length,
+            seed=args.optimization.seed,
+            eval_fraction=data.eval_fraction,
+            num_proc=data.num_proc,
+        )
+        if data.eval_data:
+            held_out = load_held_out(
+                DataSource(tuple(data.eval_data), text_field=data.text_field, dataset_config=data.dataset_config),
+                tokenizer,
+                data.num_proc,
+            )
     windows_by_length = {}
     if held_out is not None:
-        windows_by_length = {n: window_tokens(held_out, n, max(1, args.eval_tokens // n)) for n in args.eval_lengths}
-    out = _prepare_output_dir(args, accelerator)
+        windows_by_length = {n: window_tokens(held_out, n, max(1, data.eval_tokens // n)) for n in data.eval_lengths}
+    return tokenizer, train_blocks, windows_by_length
 
-    set_seed(args.seed)  # adapter initialisation is identical on every process and every run
+
+def _load_trainable_model(args: FinetuneArguments, accelerator, out: Path, tokenizer, train_blocks):
+    """``(model, converted, base_reference)``: the model with its adapter (or all weights) trainable.
+
+    A base converted here is saved once to ``out/base`` and becomes the adapter's base.
+    """
+    import torch
+    from accelerate.utils import set_seed
+
+    set_seed(args.optimization.seed)  # adapter initialisation is identical on every process and every run
+    conversion = args.conversion
     with accelerator.main_process_first():
-        calibration = torch.tensor([train_blocks[0]["input_ids"]]) if args.channel_selection != "frequency" else None
-        model, converted = load_base_model(args, calibration)
-    base_reference = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+        calibration = (
+            torch.tensor([train_blocks[0]["input_ids"]]) if conversion.channel_selection != "frequency" else None
+        )
+        model, converted = load_base_model(conversion, calibration)
+    base_reference = str(Path(conversion.model).resolve()) if Path(conversion.model).exists() else conversion.model
     if converted:
         base_dir = out / "base"
         if accelerator.is_main_process and not base_dir.exists():
-            def write_base(tmp: Path) -> None:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-            atomic_directory(base_dir, write_base)
+            with atomic_directory(base_dir) as partial:
+                model.save_pretrained(partial)
+                tokenizer.save_pretrained(partial)
         base_reference = str(base_dir.resolve())
     accelerator.wait_for_everyone()
-
-    if args.activation_checkpointing:  # before peft wraps the model; non-reentrant, inputs require grad
+    if args.optimization.activation_checkpointing:  # before peft wraps the model; non-reentrant, inputs require grad
         model.activation_checkpointing_enable()
-    if args.full_finetune:
+    if args.adapter.full_finetune:
         model.requires_grad_(True)
     else:
-        model = add_lora(model, args)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.learning_rate,
-                                  weight_decay=args.weight_decay)
+        model = add_lora(model, args.adapter)
+    return model.train(), converted, base_reference
 
-    sampler = EpochShuffleSampler(len(train_blocks), args.seed)
+
+def setup_run(args: FinetuneArguments) -> TrainingRun:
+    """Data, model, optimizer, schedule and log of a new or resumed run; nothing is trained yet."""
+    require("accelerate", "train", "Training")
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    opt = args.optimization
+    trackers = _trackers(args.run)
+    accelerator = Accelerator(
+        mixed_precision=opt.mixed_precision,
+        log_with=trackers or None,
+        project_dir=args.run.output_dir,
+        step_scheduler_with_optimizer=False,
+    )
+    if args.run.resume_from is None:
+        check_target(
+            args.run.output_dir, args.run.force, hint="pass --force to replace it or --resume-from to continue"
+        )
+    resume_dir = resolve_resume(args.run)
+    if resume_dir is not None:
+        check_resume_compatible(json.loads((resume_dir / TRAINER_STATE).read_text())["args"], args)
+    tokenizer, train_blocks, windows_by_length = _load_text(args, accelerator)
+    out = _prepare_output_dir(args, accelerator)
+    model, converted, base_reference = _load_trainable_model(args, accelerator, out, tokenizer, train_blocks)
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=opt.learning_rate, weight_decay=opt.weight_decay
+    )
     # The loader gets its own generator: starting an iterator draws from it, and a draw from the global RNG
     # would shift the dropout masks of a resumed run (which starts one more iterator than the original).
-    dataloader = torch.utils.data.DataLoader(train_blocks, batch_size=args.batch_size, sampler=sampler,
-                                             collate_fn=collate_blocks, drop_last=True,
-                                             generator=torch.Generator().manual_seed(args.seed))
+    dataloader = torch.utils.data.DataLoader(
+        train_blocks,
+        batch_size=opt.batch_size,
+        sampler=EpochShuffleSampler(len(train_blocks), opt.seed),
+        collate_fn=collate_blocks,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(opt.seed),
+    )
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    # Names and tensors as the prepared (possibly DDP- or FSDP-wrapped) model has them.
-    trainable_names = {name for name, p in model.named_parameters() if p.requires_grad}
-    parameters = [p for p in model.parameters() if p.requires_grad]
     micro_batches_per_epoch = len(dataloader)
     if micro_batches_per_epoch == 0:
         raise TrainingError(
-            f"{len(train_blocks)} training blocks cannot fill one batch of {args.batch_size} x "
+            f"{len(train_blocks)} training blocks cannot fill one batch of {opt.batch_size} x "
             f"{accelerator.num_processes} process(es); add data or lower --batch-size / --seq-length."
         )
-    steps_per_epoch = math.ceil(micro_batches_per_epoch / args.gradient_accumulation_steps)
-    total_steps = args.max_steps or max(1, math.ceil(args.num_epochs * steps_per_epoch))
-    scheduler = get_scheduler("constant_with_warmup" if args.lr_scheduler == "constant" else args.lr_scheduler,
-                              optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=total_steps)
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / opt.gradient_accumulation_steps)
+    total_steps = opt.max_steps or max(1, math.ceil(opt.num_epochs * steps_per_epoch))
+    scheduler = get_scheduler(
+        "constant_with_warmup" if opt.lr_scheduler == "constant" else opt.lr_scheduler,
+        optimizer,
+        num_warmup_steps=opt.warmup_steps,
+        num_training_steps=total_steps,
+    )
     scheduler = accelerator.prepare(scheduler)
 
-    # Checkpoints hold only the trainable weights (the base never changes in a LoRA run).
-    def save_trainable(models, weights, output_dir):
-        for i, state in enumerate(weights):
-            weights[i] = {k: v for k, v in state.items() if k in trainable_names}
-
-    def load_trainable(models, input_dir):
-        from safetensors.torch import load_file
-
-        for i, model_ in enumerate(models):
-            state = load_file(os.path.join(input_dir, "model.safetensors" if i == 0 else f"model_{i}.safetensors"))
-            missing = trainable_names - set(state)
-            if missing:
-                raise TrainingError(f"Checkpoint {input_dir} lacks trainable weights {sorted(missing)[:5]}...")
-            model_.load_state_dict(state, strict=False)
-        models.clear()  # loaded here; accelerate must not load them again (strictly)
-
-    accelerator.register_save_state_pre_hook(save_trainable)
-    accelerator.register_load_state_pre_hook(load_trainable)
-
+    # Names and tensors as the prepared (possibly DDP- or FSDP-wrapped) model has them.
+    hooks = _TrainableOnly({name for name, p in model.named_parameters() if p.requires_grad})
+    accelerator.register_save_state_pre_hook(hooks.save)
+    accelerator.register_load_state_pre_hook(hooks.load)
     completed = 0
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
@@ -508,158 +701,195 @@ def train(args: FinetuneArguments) -> dict[str, Any]:
     log = JsonLog(out / "log.jsonl", accelerator.is_main_process, completed if resume_dir is not None else None)
     if trackers:
         accelerator.init_trackers("hf-ropeid-finetune", config={k: str(v) for k, v in args.to_json().items()})
+    return TrainingRun(
+        args=args,
+        accelerator=accelerator,
+        out=out,
+        tokenizer=tokenizer,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        dataloader=dataloader,
+        parameters=[p for p in model.parameters() if p.requires_grad],
+        windows_by_length=windows_by_length,
+        log=log,
+        trackers=trackers,
+        base_reference=base_reference,
+        converted=converted,
+        micro_batches_per_epoch=micro_batches_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        step=completed,
+    )
 
-    def log_metrics(record: dict[str, Any]) -> None:
-        log.write(record)
-        if trackers:
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
-    def run_eval(step: int) -> dict[str, float]:
-        if not windows_by_length:
-            return {}
-        ppl = evaluate_perplexity(accelerator.unwrap_model(model), windows_by_length, accelerator)
-        record = {"step": step, **{f"eval_ppl@{n}": v for n, v in ppl.items()}}
-        log_metrics(record)
-        return record
+def log_metrics(run: TrainingRun, record: dict[str, Any]) -> None:
+    run.log.write(record)
+    if run.trackers:
+        run.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
-    def save_checkpoint(step: int) -> None:
-        root = out / "checkpoints"
-        final = root / f"{CHECKPOINT_PREFIX}{step:06d}"
-        tmp = root / f".{final.name}.partial"
-        if accelerator.is_main_process:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            write_json_atomic(tmp / TRAINER_STATE, {"step": step, "args": args.to_json()})
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            if args.save_total_limit:
-                for old in list_checkpoints(out)[: -args.save_total_limit]:
-                    shutil.rmtree(old)
-        accelerator.wait_for_everyone()
 
-    last_eval: dict[str, float] = {}
-    if completed == 0:
-        set_seed(args.seed, device_specific=True)  # distinct dropout per process; a resume restores the RNG instead
-        if args.eval_at_start:
-            last_eval = run_eval(0)
+def evaluate(run: TrainingRun) -> dict[str, float]:
+    """Held-out perplexity at every evaluation length now, logged (empty without held-out text)."""
+    if not run.windows_by_length:
+        return {}
+    ppl = evaluate_perplexity(run.accelerator.unwrap_model(run.model), run.windows_by_length, run.accelerator)
+    record = {"step": run.step, **{f"eval_ppl@{n}": v for n, v in ppl.items()}}
+    log_metrics(run, record)
+    return record
 
-    progress = tqdm(total=total_steps, initial=completed, disable=not accelerator.is_local_main_process,
-                    desc="finetune", unit="step")
-    tokens_per_micro_batch = args.batch_size * args.seq_length * accelerator.num_processes
-    step = completed
-    last_loss = float("nan")
-    while step < total_steps:
-        epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        dataloader.set_epoch(epoch)
-        skip = step_in_epoch * args.gradient_accumulation_steps
-        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+
+def accumulation_groups(run: TrainingRun):
+    """Yields ``(epoch, micro_batches)`` for each optimizer step from ``run.step`` on, forever.
+
+    Each epoch's order comes from the sampler's ``seed + epoch`` alone, and a resumed run skips
+    the micro-batches already seen, so it sees exactly what the uninterrupted run saw.
+    """
+    accumulation = run.args.optimization.gradient_accumulation_steps
+    while True:
+        epoch, step_in_epoch = divmod(run.step, run.steps_per_epoch)
+        run.dataloader.set_epoch(epoch)
+        skip = step_in_epoch * accumulation
+        batches = run.accelerator.skip_first_batches(run.dataloader, skip) if skip else run.dataloader
         group: list[Any] = []
         for index, batch in enumerate(batches, start=skip):
             group.append(batch)
-            if len(group) < args.gradient_accumulation_steps and index + 1 < micro_batches_per_epoch:
+            if len(group) < accumulation and index + 1 < run.micro_batches_per_epoch:
                 continue
-            started = time.perf_counter()
-            losses = []
-            for i, micro_batch in enumerate(group):
-                # Gradients are synchronised across processes only on the last micro-batch.
-                sync = accelerator.no_sync(model) if i + 1 < len(group) else contextlib.nullcontext()
-                with sync, accelerator.autocast():
-                    loss = model(**micro_batch).loss
-                    accelerator.backward(loss / len(group))
-                losses.append(loss.detach())
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(parameters, args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-            elapsed = time.perf_counter() - started
-            tokens_per_s = tokens_per_micro_batch * len(group) / elapsed
-            progress.update(1)
-            progress.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
-            if step % args.log_every == 0 or step == total_steps:
-                log_metrics({"step": step, "epoch": epoch, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                             "tokens_per_s": tokens_per_s})
-            if args.eval_every and step % args.eval_every == 0:
-                last_eval = run_eval(step)
-            if args.save_every and step % args.save_every == 0:
-                save_checkpoint(step)
+            yield epoch, group
             group = []
-            if step >= total_steps:
-                break
-    progress.close()
-    if not args.eval_every or step % args.eval_every:
-        last_eval = run_eval(step) or last_eval
 
-    result_dir = out / ("model" if args.full_finetune else "adapter")
-    # Every process takes part in gathering the weights (FSDP shards them); the main process writes them once.
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        final_model = accelerator.unwrap_model(model)
-        summary = {"steps": step, "final_loss": last_loss, "final_eval": last_eval, "base_model": base_reference,
-                   "converted_here": converted, "processes": accelerator.num_processes, "args": args.to_json()}
 
-        def write_result(tmp: Path) -> None:
-            if not args.full_finetune:
-                final_model.peft_config["default"].base_model_name_or_path = base_reference
-            final_model.save_pretrained(tmp, state_dict=state_dict)
-            tokenizer.save_pretrained(tmp)
-            write_json_atomic(tmp / "training_summary.json", summary)
+def optimizer_step(run: TrainingRun, group: list[Any]) -> float:
+    """Forward and backward over the micro-batches of one step, then one optimizer step; returns the mean loss."""
+    import torch
 
-        atomic_directory(result_dir, write_result, replace=True)
+    accelerator, model = run.accelerator, run.model
+    losses = []
+    for i, micro_batch in enumerate(group):
+        # Gradients are synchronised across processes only on the last micro-batch.
+        sync = accelerator.no_sync(model) if i + 1 < len(group) else contextlib.nullcontext()
+        with sync, accelerator.autocast():
+            loss = model(**micro_batch).loss
+            accelerator.backward(loss / len(group))
+        losses.append(loss.detach())
+    if run.args.optimization.max_grad_norm:
+        accelerator.clip_grad_norm_(run.parameters, run.args.optimization.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.last_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+    return run.last_loss
+
+
+def save_checkpoint(run: TrainingRun) -> Path:
+    """``checkpoints/step-N``: every process writes its part into one shared partial folder, then it is swapped in."""
+    accelerator, run_args = run.accelerator, run.args.run
+    final = run.out / "checkpoints" / f"{CHECKPOINT_PREFIX}{run.step:06d}"
+    shared = partial_path(final, "all-ranks")  # every process must name the same folder
+    writing = (
+        atomic_directory(final, force=True, partial=shared)
+        if accelerator.is_main_process
+        else contextlib.nullcontext(shared)
+    )
+    with writing as partial:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(partial / TRAINER_STATE, {"step": run.step, "args": run.args.to_json()})
+    if accelerator.is_main_process and run_args.save_total_limit:
+        for old in list_checkpoints(run.out)[: -run_args.save_total_limit]:
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
-    if trackers:
+    return final
+
+
+def finish(run: TrainingRun) -> dict[str, Any]:
+    """Writes the adapter (or full model) with a training summary; returns the summary and the trained ``model``."""
+    accelerator, args = run.accelerator, run.args
+    result_dir = run.out / ("model" if args.adapter.full_finetune else "adapter")
+    # Every process takes part in gathering the weights (FSDP shards them); the main process writes them once.
+    state_dict = accelerator.get_state_dict(run.model)
+    summary = {
+        "steps": run.step,
+        "final_loss": run.last_loss,
+        "final_eval": run.last_eval,
+        "base_model": run.base_reference,
+        "converted_here": run.converted,
+        "processes": accelerator.num_processes,
+        "args": args.to_json(),
+    }
+    if accelerator.is_main_process:
+        final_model = accelerator.unwrap_model(run.model)
+        if not args.adapter.full_finetune:
+            final_model.peft_config["default"].base_model_name_or_path = run.base_reference
+        with atomic_directory(result_dir, force=True) as partial:
+            final_model.save_pretrained(partial, state_dict=state_dict)
+            run.tokenizer.save_pretrained(partial)
+            write_json_atomic(partial / "training_summary.json", summary)
+    accelerator.wait_for_everyone()
+    if run.trackers:
         accelerator.end_training()
-    return {"output_dir": str(out), "result_dir": str(result_dir), "base_model": base_reference, "steps": step,
-            "final_loss": last_loss, "final_eval": last_eval, "model": accelerator.unwrap_model(model)}
+    return {
+        "output_dir": str(run.out),
+        "result_dir": str(result_dir),
+        "base_model": run.base_reference,
+        "steps": run.step,
+        "final_loss": run.last_loss,
+        "final_eval": run.last_eval,
+        "model": accelerator.unwrap_model(run.model),
+    }
 
 
-def _typer_signature():
-    """``FinetuneArguments``' fields as typer options (``--lora-r``, repeated ``--data`` ...)."""
-    import inspect
-    import typing
+def train(args: FinetuneArguments) -> dict[str, Any]:
+    """Runs (or resumes) one training run; returns a summary (final metrics, output paths, the trained ``model``)."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
 
-    import typer
-
-    hints = typing.get_type_hints(FinetuneArguments)
-    parameters = []
-    for f in dataclasses.fields(FinetuneArguments):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory() or None  # typer shows an empty list as "None"
-        else:
-            default = ...  # required
-        option = typer.Option(default, help=f.metadata["help"], show_default=default not in (None, ...))
-        parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[f.name]))
-    return inspect.Signature(parameters)
-
-
-def finetune_command(**options: Any) -> None:
-    """LoRA (or full) continued training of a RoPE-ID model, or of a Llama converted on the fly."""
-    import typer
-
-    from .conversion import ConversionError
-    from .rope_id import RopeIDParameterError
-
-    try:
-        args = FinetuneArguments(**{k: v for k, v in options.items() if v is not None or k in _NULLABLE})
-        summary = train(args)
-    except (TrainingError, DataError, ConversionError, RopeIDParameterError) as error:
-        typer.secho(f"Error: {error}", err=True, fg="red")
-        raise typer.Exit(code=1) from error
-    from accelerate import PartialState
-
-    summary.pop("model")
-    if PartialState().is_main_process:
-        typer.echo(json.dumps(summary, indent=2, default=str))
-
-
-_NULLABLE = {f.name for f in dataclasses.fields(FinetuneArguments) if f.default is None}
-finetune_command.__signature__ = _typer_signature()
+    run = setup_run(args)
+    run_args, tokens_per_micro_batch = (
+        args.run,
+        args.optimization.batch_size * args.data.seq_length * run.accelerator.num_processes,
+    )
+    if run.step == 0:
+        set_seed(
+            args.optimization.seed, device_specific=True
+        )  # distinct dropout per process; a resume restores the RNG instead
+        if run_args.eval_at_start:
+            run.last_eval = evaluate(run)
+    progress = tqdm(
+        total=run.total_steps,
+        initial=run.step,
+        disable=not run.accelerator.is_local_main_process,
+        desc="finetune",
+        unit="step",
+    )
+    for epoch, group in accumulation_groups(run) if run.step < run.total_steps else ():
+        started = time.perf_counter()
+        loss = optimizer_step(run, group)
+        tokens_per_s = tokens_per_micro_batch * len(group) / (time.perf_counter() - started)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
+        if run.step % run_args.log_every == 0 or run.step == run.total_steps:
+            log_metrics(
+                run,
+                {
+                    "step": run.step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "lr": run.scheduler.get_last_lr()[0],
+                    "tokens_per_s": tokens_per_s,
+                },
+            )
+        if run_args.eval_every and run.step % run_args.eval_every == 0:
+            run.last_eval = evaluate(run)
+        if run_args.save_every and run.step % run_args.save_every == 0:
+            save_checkpoint(run)
+        if run.step >= run.total_steps:
+            break
+    progress.close()
+    if not run_args.eval_every or run.step % run_args.eval_every:
+        run.last_eval = evaluate(run) or run.last_eval
+    return finish(run)

@@ -10,7 +10,9 @@ which ``import hf_ropeid`` fails and ``HF_MODULES_CACHE`` is a temporary folder.
 The report is written to ``verification.json`` in the folder; problems raise VerificationError.
 
 This file must run without the package: torch, transformers, safetensors and the standard
-library only, no relative imports.
+library only, no relative imports. That is the only reason ``perplexity_at_lengths`` below is a
+second perplexity pass beside the package's one (``hf_ropeid.evaluation.passes.token_losses``):
+the child process cannot import it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+try:  # inside the package; the verification child runs this file where hf_ropeid cannot be imported
+    from .errors import HfRopeIDError
+except ImportError:
+
+    class HfRopeIDError(Exception):  # stands in for the package's base class in the child process
+        pass
+
 
 DEFAULT_LENGTHS = (256, 1024, 2048)
 
@@ -45,7 +55,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-class VerificationError(RuntimeError):
+class VerificationError(HfRopeIDError, RuntimeError):
     """The converted checkpoint failed a check; the message lists the problems."""
 
 
@@ -125,7 +135,9 @@ def verify_checkpoint(
             [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve()), json.dumps(request)], env=env, cwd=tmp
         )
         if result.returncode != 0 or not report_file.is_file():
-            raise VerificationError(f"The verification process failed (exit code {result.returncode}); its output is above.")
+            raise VerificationError(
+                f"The verification process failed (exit code {result.returncode}); its output is above."
+            )
         report = json.loads(report_file.read_text())
     (folder / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
     if report["problems"]:
@@ -169,7 +181,11 @@ def _check_tensors(model: torch.nn.Module, folder: Path) -> tuple[list[str], int
 def _check_generation(model, prompt: torch.Tensor) -> tuple[float, list[str]]:
     """Greedy generation with a KV cache must give the logits of one full forward pass."""
     out = model.generate(
-        prompt, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True,
+        prompt,
+        max_new_tokens=8,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
         pad_token_id=model.config.pad_token_id if model.config.pad_token_id is not None else 0,
     )
     cached = torch.stack(out.logits, dim=1)[0].float()
@@ -177,7 +193,9 @@ def _check_generation(model, prompt: torch.Tensor) -> tuple[float, list[str]]:
     steps = min(len(cached), len(full))
     difference = (cached[:steps] - full[:steps]).abs().max().item()
     tolerance = (1e-3 if model.dtype == torch.float32 else 5e-2) * max(1.0, full.abs().max().item())
-    problems = [] if difference <= tolerance else [f"cached generation logits differ from a full forward by {difference:.3g}"]
+    problems = (
+        [] if difference <= tolerance else [f"cached generation logits differ from a full forward by {difference:.3g}"]
+    )
     return difference, problems
 
 
@@ -233,7 +251,12 @@ def _child_main(request: dict[str, Any]) -> None:
         with torch.no_grad():
             report["generation_max_logit_difference"], gen_problems = _check_generation(model, torch.tensor([ids[:32]]))
             problems.extend(gen_problems)
-            measure = dict(lengths=request["lengths"], max_tokens_per_length=request["max_tokens_per_length"], bos_token_id=bos, progress=True)
+            measure = dict(
+                lengths=request["lengths"],
+                max_tokens_per_length=request["max_tokens_per_length"],
+                bos_token_id=bos,
+                progress=True,
+            )
             converted = perplexity_at_lengths(model, ids, **measure)
             report["perplexity"] = {"converted": {str(k): v for k, v in converted.items()}}
             bad = [n for n, r in converted.items() if r is not None and not math.isfinite(r["perplexity"])]

@@ -7,11 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama, tiny_llama_config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
-from hf_ropeid.baselines import (
+from hf_ropeid.evaluation.baselines import (
     VARIANTS,
     BaselineError,
     available_variants,
@@ -20,6 +19,8 @@ from hf_ropeid.baselines import (
     variant_rope_parameters,
 )
 from hf_ropeid.rope_id import RopeIDParameters, inv_freq, original_inv_freq
+
+from conftest import tiny_llama, tiny_llama_config
 
 L = 128  # tiny_llama's max_position_embeddings
 D = 16  # tiny_llama's head_dim

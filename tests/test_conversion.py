@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_llama
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDParameterError
-from hf_ropeid import conversion
+from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDParameterError, conversion
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.conversion import (
     ConversionError,
     auto_rotary_fraction,
@@ -27,6 +26,8 @@ from hf_ropeid.conversion import (
 )
 from hf_ropeid.rope_id import original_inv_freq
 from hf_ropeid.verification import _check_tensors
+
+from conftest import byte_tokenizer, tiny_llama
 
 IDS = torch.randint(0, 256, (1, 96), generator=torch.Generator().manual_seed(1))
 HAMLET_LIKE = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 60)
@@ -190,7 +191,6 @@ def test_per_group_permutations_keep_every_heads_attention_scores():
 
 def test_calibrated_selection_moves_the_most_energetic_pairs_first():
     source = tiny_llama()
-    config = source.config
     loud = {0: [5, 7], 1: [2, 6]}  # KV group -> pairs made 30x louder in layer 1
     with torch.no_grad():
         attn = source.model.layers[1].self_attn
@@ -328,7 +328,7 @@ def test_force_replaces_and_refusal_keeps_an_existing_target(tiny_llama_dir, tmp
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(ConversionError, match="not empty; pass --force"):
+    with pytest.raises(TargetExistsError, match="not empty; pass --force"):
         convert_checkpoint(tiny_llama_dir, target, verify=False)
     assert (target / "keep.txt").read_text() == "mine"
     convert_checkpoint(tiny_llama_dir, target, verify=False, force=True)
@@ -460,7 +460,7 @@ def test_out_of_range_options_are_clear_errors(tiny_llama_dir, tmp_path, options
     assert not target.exists() and not leftovers(tmp_path)
 
 
-def test_target_and_source_problems(tiny_llama_dir, tmp_path):
+def test_overlapping_or_missing_sources_and_targets_are_refused(tiny_llama_dir, tmp_path):
     with pytest.raises(ConversionError, match="overlaps the source"):
         convert_checkpoint(tiny_llama_dir, tiny_llama_dir / "inside", verify=False)
     with pytest.raises(ConversionError, match="overlaps the source"):
@@ -503,7 +503,7 @@ def test_tensor_check_finds_nan_and_missing_weights(tiny_llama_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cli_convert_and_its_errors(tiny_llama_dir, tmp_path):
+def test_convert_command_options_old_spellings_and_exit_2_errors(tiny_llama_dir, tmp_path):
     from typer.testing import CliRunner
 
     from hf_ropeid.cli import app
@@ -511,13 +511,18 @@ def test_cli_convert_and_its_errors(tiny_llama_dir, tmp_path):
     runner = CliRunner()
     target = tmp_path / "cli-out"
     args = ["convert", str(tiny_llama_dir), str(target), "--no-verify", "--spectrum", "rope_id", "--rotary-fraction", "0.5",
-            "--train-length", "96"]
+            "--training-length", "96"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rope = json.loads((target / "config.json").read_text())["rope_parameters"]
     assert (rope["spectrum"], rope["rotary_fraction"], rope["training_length"]) == ("rope_id", 0.5, 96)
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "not empty; pass --force" in again.output
+    assert again.exit_code == 2 and "error: " in again.output and "not empty; pass --force" in again.output
+    assert "Traceback" not in again.output
+    old_spelling = runner.invoke(app, [*args[:-2], "--train-length", "96", "--turns", "2.5", "--force"])  # hidden aliases
+    assert old_spelling.exit_code == 0, old_spelling.output
+    rope = json.loads((target / "config.json").read_text())["rope_parameters"]
+    assert (rope["training_length"], rope["turns_per_training_length"]) == (96, 2.5)
     bad = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "x"), "--rotary-fraction", "half"])
     assert bad.exit_code == 2 and "is not understood" in bad.output
     out_of_range = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "y"), "--no-verify", "--rotary-fraction", "2"])

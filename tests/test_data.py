@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import byte_tokenizer
 
 from hf_ropeid.data import (
     DataError,
@@ -17,6 +16,8 @@ from hf_ropeid.data import (
     tokenize_documents,
     window_tokens,
 )
+
+from conftest import byte_tokenizer
 
 EOS = 257
 
@@ -106,7 +107,7 @@ def test_glob_and_explicit_files(corpus):
         (lambda root: [], "No data given"),
     ],
 )
-def test_bad_data_is_named(tmp_path, make, message):
+def test_unusable_data_raises_an_error_naming_it(tmp_path, make, message):
     (tmp_path / "emptydir").mkdir()
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "blank.jsonl").write_text(json.dumps({"text": "  "}) + "\n")
@@ -130,3 +131,16 @@ def test_split_needs_two_documents(tmp_path):
 def test_unknown_dataset_name_is_a_clear_error():
     with pytest.raises(DataError, match="Could not load dataset 'no-such-dataset-xyz'"):
         load_documents(DataSource(("no-such-dataset-xyz",)))
+
+
+def test_code_files_in_a_folder_are_documents_like_everywhere_else(tmp_path):
+    from hf_ropeid.documents import DOCUMENT_SUFFIXES
+    from hf_ropeid.evaluation import read_documents
+
+    (tmp_path / "module.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "notes.markdown").write_text("# notes\n")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    documents = load_documents(DataSource((str(tmp_path),)))
+    assert sorted(documents["text"]) == ["# notes\n", "def f():\n    return 1\n"]
+    assert sorted(read_documents([tmp_path])) == sorted(documents["text"])  # the evaluation reads the same files
+    assert ".py" in DOCUMENT_SUFFIXES

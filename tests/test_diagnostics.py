@@ -6,10 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_llama
 
-from hf_ropeid.baselines import build_variant
-from hf_ropeid.diagnostics import (
+from hf_ropeid.evaluation.baselines import build_variant
+from hf_ropeid.evaluation.diagnostics import (
     capture_queries_keys,
     channel_groups,
     diagnose,
@@ -17,6 +16,8 @@ from hf_ropeid.diagnostics import (
     singular_value_stats,
     sink_statistics,
 )
+
+from conftest import tiny_llama
 
 L = 128
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_llama
 from typer.testing import CliRunner
 
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.cli import app
+from hf_ropeid.documents import DataError
 from hf_ropeid.evaluation import (
     EvalSettings,
     EvaluationError,
@@ -31,6 +32,8 @@ from hf_ropeid.evaluation import (
     write_lm_eval_tasks,
     write_report,
 )
+
+from conftest import byte_tokenizer, tiny_llama
 
 VOCAB = 260
 TEXT = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 60
@@ -77,14 +80,14 @@ def test_windows_are_non_overlapping_and_exact():
         make_windows(stream, 200, count=1)
 
 
-def test_bucket_means():
+def test_bucket_means_average_positions_per_bucket_and_leave_empty_ones_none():
     values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0]])
     buckets = bucket_means(values, torch.arange(1, 6), length=6, buckets=3)  # positions 1..5 of 6
     assert buckets == {"bucket_start": [0, 2, 4], "bucket_end": [2, 4, 6], "mean": [2.0, 3.5, 5.5]}
     assert bucket_means(torch.ones(2), torch.tensor([0, 5]), 6, 3)["mean"] == [1.0, None, 1.0]
 
 
-def test_reading_local_text(tmp_path):
+def test_local_text_is_read_by_the_shared_loader_skipping_tests_folders(tmp_path):
     (tmp_path / "a.txt").write_text("alpha")
     (tmp_path / "b.jsonl").write_text('{"text": "beta"}\n\n{"text": "gamma"}\n')
     (tmp_path / "tests").mkdir()
@@ -92,11 +95,11 @@ def test_reading_local_text(tmp_path):
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     assert list(read_documents([tmp_path])) == ["alpha", "beta", "gamma"]
     (tmp_path / "bad.jsonl").write_text('{"body": "no text field"}\n')
-    with pytest.raises(EvaluationError, match=r"bad.jsonl:1 has no string field 'text'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1 has no column 'text'"):
         list(read_documents([tmp_path / "bad.jsonl"]))
-    with pytest.raises(EvaluationError, match="accepted text files end in"):
+    with pytest.raises(DataError, match="accepted text files end in"):
         text_files([tmp_path / "image.png"])
-    with pytest.raises(EvaluationError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         text_files([tmp_path / "missing.txt"])
     stream = token_stream(byte_tokenizer(), read_documents([tmp_path]), needed_tokens=3)
     assert byte_tokenizer().decode(stream) == "alpha\n\n"  # stops once it has enough
@@ -190,27 +193,27 @@ def test_eval_command_writes_json_markdown_and_plots(cli_run):
 def test_eval_command_refuses_to_overwrite_without_force(cli_run):
     _, out, args, _ = cli_run
     result = CliRunner().invoke(app, args)
-    assert result.exit_code != 0 and "already exists; choose another --out or pass --force" in plain(result.output)
+    assert result.exit_code == 2 and "exists and is not empty; choose another --out or pass --force" in plain(result.output)
 
 
 def test_write_report_replaces_only_with_force(cli_run):
     root, out, _, _ = cli_run
     results = load_results(out)
     results["model"] = "changed"
-    with pytest.raises(EvaluationError, match="already exists"):
+    with pytest.raises(TargetExistsError, match="exists and is not empty; choose another --out or pass --force"):
         write_report(results, out)
     write_report(results, out, force=True)
     assert load_results(out)["model"] == "changed"
     assert not [p for p in root.iterdir() if p.name.startswith(".report")]
 
 
-def test_eval_command_rejects_bad_input(cli_run):
+def test_eval_command_exits_2_on_unknown_baselines_and_bad_lengths(cli_run):
     root, _, _, _ = cli_run
     model_dir = root / "tiny-llama"
     bad = CliRunner().invoke(app, ["eval", str(model_dir), "--out", str(root / "x"), "--baselines", "rope,alibi"])
-    assert bad.exit_code != 0 and "Unknown baselines ['alibi']" in plain(bad.output)
+    assert bad.exit_code == 2 and "Unknown baselines ['alibi']" in plain(bad.output)
     bad = CliRunner().invoke(app, ["eval", str(model_dir), "--out", str(root / "x"), "--lengths", "1k"])
-    assert bad.exit_code != 0 and "comma-separated whole numbers" in plain(bad.output)
+    assert bad.exit_code == 2 and "--lengths must be comma-separated whole numbers" in plain(bad.output)
     assert not (root / "x").exists()
 
 

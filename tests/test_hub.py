@@ -110,7 +110,7 @@ def test_incomplete_folder_is_refused(tmp_path):
         push_to_hub(tmp_path, "me/z", api=RecordingApi())
 
 
-def test_cli_push_and_convert_push(converted, tiny_llama_dir, tmp_path, monkeypatch):
+def test_push_command_offline_exits_2_and_convert_pushes_a_card_naming_the_repo(converted, tiny_llama_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from hf_ropeid.cli import app

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import HIDE_PACKAGE
-from test_training import arguments, save_rope_id_base, write_corpus
 from typer.testing import CliRunner
 
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.merge import MergeError, merge_adapter
 from hf_ropeid.training import train
 
+from conftest import HIDE_PACKAGE
+from test_training import arguments, save_rope_id_base, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_no_overwrite_without_force_and_no_half_written_folder(trained, tmp_path
 
     (tmp_path / "merged").mkdir()
     (tmp_path / "merged" / "keep.txt").write_text("mine")
-    with pytest.raises(MergeError, match="pass --force"):
+    with pytest.raises(TargetExistsError, match="not empty; pass --force"):
         merge_adapter(trained.adapter, tmp_path / "merged")
 
     def crash(self, *args, **kwargs):
@@ -105,7 +106,7 @@ def test_no_overwrite_without_force_and_no_half_written_folder(trained, tmp_path
     assert (tmp_path / "merged" / "keep.txt").read_text() == "mine"  # the old folder is untouched
 
 
-def test_bad_adapter_folder(tmp_path):
+def test_a_folder_without_adapter_config_is_refused(tmp_path):
     with pytest.raises(MergeError, match="not a peft adapter folder"):
         merge_adapter(tmp_path, tmp_path / "out")
 
@@ -124,7 +125,7 @@ class RecordingApi:
         return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc", pr_url=None)
 
 
-def test_cli_merges_and_pushes_like_the_converter(trained, tmp_path, monkeypatch):
+def test_merge_command_pushes_a_card_naming_the_repo_and_exits_2_on_errors(trained, tmp_path, monkeypatch):
     import huggingface_hub
 
     from hf_ropeid.cli import app
@@ -141,13 +142,13 @@ def test_cli_merges_and_pushes_like_the_converter(trained, tmp_path, monkeypatch
     assert 'model_id = "me/tiny-lora"' in readme and "base_model: me/tiny" in readme
 
     bad = runner.invoke(app, ["merge", str(tmp_path), str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "not a peft adapter folder" in bad.output
+    assert bad.exit_code == 2 and "error: " in bad.output and "not a peft adapter folder" in bad.output
 
 
 def test_a_later_push_renders_the_merged_card_for_its_repo(trained, tmp_path):
-    from test_hub import RecordingApi as FakeApi
-
     from hf_ropeid.hub import push_to_hub
+
+    from test_hub import RecordingApi as FakeApi
 
     out = merge_adapter(trained.adapter, tmp_path / "merged", base_model="me/tiny")  # merged without naming a repo
     assert 'model_id = "me/later"' not in (out / "README.md").read_text()

@@ -7,10 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import byte_tokenizer
 from torch import nn
 
-from hf_ropeid.retrieval import (
+from hf_ropeid.evaluation.retrieval import (
     MULTIKEY_NEEDLE,
     RetrievalError,
     multikey_sample,
@@ -20,6 +19,8 @@ from hf_ropeid.retrieval import (
     score_task,
     split_answer,
 )
+
+from conftest import byte_tokenizer
 
 VOCAB = 260
 DEPTHS = [0.0, 0.5, 1.0]

@@ -78,8 +78,9 @@ class CopyFrom:
         self.distance = distance
 
     def __call__(self, input_ids):
-        import torch
         from types import SimpleNamespace
+
+        import torch
 
         # logits[i] predicts target i = input i + 1, so copying from `distance` back reads input i + 1 - distance
         source = torch.roll(input_ids, self.distance - 1, dims=1)

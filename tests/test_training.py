@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 import torch
-from conftest import byte_tokenizer, tiny_llama
 from typer.testing import CliRunner
 
+from hf_ropeid.atomic import TargetExistsError
 from hf_ropeid.conversion import convert_model
 from hf_ropeid.training import FinetuneArguments, TrainingError, list_checkpoints, read_log, train
+
+from conftest import byte_tokenizer, tiny_llama
 
 WORDS = "the of and to in is was for on that with as by at from his her it not be".split()
 
@@ -49,7 +50,7 @@ def arguments(base, corpus, out, **overrides) -> FinetuneArguments:
                   eval_lengths=[32, 64], eval_tokens=128, max_steps=4, lora_r=4, lora_alpha=8, learning_rate=1e-2,
                   lora_dropout=0.1)
     values.update(overrides)
-    return FinetuneArguments(**values)
+    return FinetuneArguments.from_flat(**values)
 
 
 def test_lora_run_learns_logs_and_saves_an_adapter_peft_reloads(rope_id_base, corpus, tmp_path):
@@ -131,7 +132,7 @@ def test_llama_folder_is_converted_in_the_same_run(tiny_llama_dir, corpus, tmp_p
     assert adapter_config["base_model_name_or_path"] == str(base.resolve())
 
 
-def test_full_finetune_and_control_run_without_conversion(tiny_llama_dir, corpus, tmp_path):
+def test_full_finetune_without_conversion_saves_the_model_it_trained(tiny_llama_dir, corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
     result = train(arguments(tiny_llama_dir, corpus, tmp_path / "run", max_steps=2, convert=False, full_finetune=True,
@@ -159,15 +160,15 @@ def test_full_finetune_and_control_run_without_conversion(tiny_llama_dir, corpus
         (dict(data=[]), "No training data"),
     ],
 )
-def test_out_of_range_arguments(overrides, message, tmp_path):
+def test_out_of_range_arguments_are_refused_naming_the_option(overrides, message, tmp_path):
     with pytest.raises(TrainingError, match=message):
         arguments(tmp_path, tmp_path, tmp_path / "out", **overrides)
 
 
-def test_bad_runs_fail_before_training(rope_id_base, corpus, tmp_path):
+def test_refused_runs_raise_before_the_first_step(rope_id_base, corpus, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(TrainingError, match="not empty; pass --force"):
+    with pytest.raises(TargetExistsError, match="not empty; pass --force to replace it or --resume-from"):
         train(arguments(rope_id_base, corpus, tmp_path / "taken"))
     with pytest.raises(TrainingError, match="do not fit the model"):
         train(arguments(rope_id_base, corpus, tmp_path / "a", target_modules=["c_attn"]))
@@ -188,7 +189,7 @@ def test_resume_refuses_changed_arguments(rope_id_base, corpus, tmp_path):
                         resume_from="latest"))
 
 
-def test_cli_runs_and_reports_errors(rope_id_base, corpus, tmp_path):
+def test_finetune_command_trains_and_missing_data_exits_2(rope_id_base, corpus, tmp_path):
     from hf_ropeid.cli import app
 
     runner = CliRunner()
@@ -201,7 +202,7 @@ def test_cli_runs_and_reports_errors(rope_id_base, corpus, tmp_path):
     assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"] and adapter_config["r"] == 2
     bad = runner.invoke(app, ["finetune", "--model", str(rope_id_base), "--data", str(tmp_path / "nope.txt"),
                               "--output-dir", str(tmp_path / "bad")])
-    assert bad.exit_code == 1 and "does not exist" in bad.output
+    assert bad.exit_code == 2 and "error: " in bad.output and "does not exist" in bad.output
 
 
 def test_activation_checkpointing_changes_memory_not_results(rope_id_base, corpus, tmp_path):

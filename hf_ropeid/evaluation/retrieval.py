@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from ..errors import HfRopeIDError
+from .passes import batch_size_for, final_hidden_states, logits_from_hidden
+
 TASKS = ("passkey", "multikey")
 
 PASSKEY_INSTRUCTION = "A pass key is hidden in the text below. Find it and remember it.\n"
@@ -33,13 +36,40 @@ MULTIKEY_NEEDLE = "\nThe special magic number for {key} is: {value}.\n"
 MULTIKEY_QUESTION = "\nWhat is the special magic number for {key}? The special magic number for {key} is:"
 # Keys of the multikey needles: common, distinct, single words.
 KEY_WORDS = (
-    "apple", "river", "candle", "forest", "violin", "harbor", "pepper", "marble", "falcon", "lantern",
-    "meadow", "copper", "glacier", "saddle", "orchid", "thunder", "biscuit", "compass", "velvet", "walnut",
-    "beacon", "cactus", "dolphin", "ember", "fountain", "garnet", "hammock", "igloo", "jasmine", "kettle",
+    "apple",
+    "river",
+    "candle",
+    "forest",
+    "violin",
+    "harbor",
+    "pepper",
+    "marble",
+    "falcon",
+    "lantern",
+    "meadow",
+    "copper",
+    "glacier",
+    "saddle",
+    "orchid",
+    "thunder",
+    "biscuit",
+    "compass",
+    "velvet",
+    "walnut",
+    "beacon",
+    "cactus",
+    "dolphin",
+    "ember",
+    "fountain",
+    "garnet",
+    "hammock",
+    "igloo",
+    "jasmine",
+    "kettle",
 )
 
 
-class RetrievalError(ValueError):
+class RetrievalError(HfRopeIDError, ValueError):
     """Bad retrieval settings; the message says what is accepted."""
 
 
@@ -108,8 +138,15 @@ def build_sample(
 def passkey_sample(tokenizer, haystack: torch.Tensor, length: int, depth: float, rng: random.Random) -> Sample | None:
     value = str(rng.randrange(10_000, 100_000))
     return build_sample(
-        tokenizer, haystack, length, PASSKEY_INSTRUCTION, [(PASSKEY_NEEDLE.format(value=value), depth)],
-        PASSKEY_QUESTION, " " + value, depth, rng,
+        tokenizer,
+        haystack,
+        length,
+        PASSKEY_INSTRUCTION,
+        [(PASSKEY_NEEDLE.format(value=value), depth)],
+        PASSKEY_QUESTION,
+        " " + value,
+        depth,
+        rng,
     )
 
 
@@ -123,8 +160,15 @@ def multikey_sample(
     placed = [(MULTIKEY_NEEDLE.format(key=keys[0], value=values[0]), depth)]
     placed += [(MULTIKEY_NEEDLE.format(key=k, value=v), rng.random()) for k, v in zip(keys[1:], values[1:])]
     return build_sample(
-        tokenizer, haystack, length, MULTIKEY_INSTRUCTION, placed,
-        MULTIKEY_QUESTION.format(key=keys[0]), " " + values[0], depth, rng,
+        tokenizer,
+        haystack,
+        length,
+        MULTIKEY_INSTRUCTION,
+        placed,
+        MULTIKEY_QUESTION.format(key=keys[0]),
+        " " + values[0],
+        depth,
+        rng,
     )
 
 
@@ -166,7 +210,6 @@ def score_answers(model, input_ids: torch.Tensor, answer_lengths: Sequence[int])
 
     Returns (greedy exact match, answer log-probability in nats) per prompt.
     """
-    from .evaluation import final_hidden_states, logits_from_hidden
 
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
@@ -187,7 +230,6 @@ def score_task(
     model, samples: Sequence[Sample], depths: Sequence[float], batch_size: int = 8, token_budget: int = 32768
 ) -> dict[str, Any]:
     """Accuracy overall and per depth, plus mean answer log-probability; ``accuracy`` None if no sample fits."""
-    from .evaluation import batch_size_for
 
     if not samples:
         return {"accuracy": None, "samples": 0, "answer_logprob": None, "by_depth": {}, "skipped": "too short"}
@@ -238,17 +280,31 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 for d in depths
             ]
             panels[task][v] = (lengths, [cells.get(str(n), {}).get("accuracy") for n in lengths])
-        written.append(plots.heatmap_grid(
-            out_dir / f"retrieval_{task}_heatmap.png", grids,
-            row_labels=[f"{d:g}" for d in depths], column_labels=[str(n) for n in lengths],
-            xlabel="context length", ylabel="needle depth", suptitle=f"{task}: exact-match accuracy (L = {L})",
-            value_format="{:.0%}",
-        ))
-    written.append(plots.lines_grid(
-        out_dir / "retrieval_vs_length.png", panels, xlabel="context length (tokens)",
-        ylabel="exact-match accuracy", log_x=True, vline=L, ylim=(-0.03, 1.03), colors=plots.color_map(variants),
-        suptitle=f"Retrieval accuracy vs length, all depths (L = {L})",
-    ))
+        written.append(
+            plots.heatmap_grid(
+                out_dir / f"retrieval_{task}_heatmap.png",
+                grids,
+                row_labels=[f"{d:g}" for d in depths],
+                column_labels=[str(n) for n in lengths],
+                xlabel="context length",
+                ylabel="needle depth",
+                suptitle=f"{task}: exact-match accuracy (L = {L})",
+                value_format="{:.0%}",
+            )
+        )
+    written.append(
+        plots.lines_grid(
+            out_dir / "retrieval_vs_length.png",
+            panels,
+            xlabel="context length (tokens)",
+            ylabel="exact-match accuracy",
+            log_x=True,
+            vline=L,
+            ylim=(-0.03, 1.03),
+            colors=plots.color_map(variants),
+            suptitle=f"Retrieval accuracy vs length, all depths (L = {L})",
+        )
+    )
     return written
 
 

@@ -10,7 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from ..errors import require
+
+require("matplotlib", "eval", "Plotting the evaluation report")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # no display needed; must come before pyplot is imported
 
@@ -114,7 +118,11 @@ def panel_grid(
     columns = min(max_columns, max(1, count))
     rows = math.ceil(max(1, count) / columns)
     fig, axes = plt.subplots(
-        rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows), squeeze=False, sharey=sharey,
+        rows,
+        columns,
+        figsize=(panel_size[0] * columns, panel_size[1] * rows),
+        squeeze=False,
+        sharey=sharey,
         layout=layout,
     )
     flat = [ax for row in axes for ax in row]
@@ -139,10 +147,13 @@ def lines_grid(
     for ax, (title, series) in zip(axes, panels.items()):
         draw_lines(ax, series, title=title, colors=colors, **kwargs)
     if names:
-        handles = [plt.Line2D([], [], color=colors[n], linestyle=(kwargs.get("styles") or {}).get(n, "-"), label=n)
-                   for n in names]
-        fig.legend(handles=handles, title=legend_title or None, loc="outside lower center",
-                   ncol=min(len(names), 8), fontsize=8)
+        handles = [
+            plt.Line2D([], [], color=colors[n], linestyle=(kwargs.get("styles") or {}).get(n, "-"), label=n)
+            for n in names
+        ]
+        fig.legend(
+            handles=handles, title=legend_title or None, loc="outside lower center", ncol=min(len(names), 8), fontsize=8
+        )
     if suptitle:
         fig.suptitle(suptitle)
     return save_figure(fig, path)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from transformers.models.llama.modeling_llama import rotate_half
 
+from .passes import bucket_means
+
 
 def singular_value_stats(matrix: torch.Tensor) -> dict[str, float | None]:
     """``first_singular_share`` and ``stable_rank`` of a ``[rows, columns]`` matrix (None for a zero matrix)."""
@@ -89,9 +91,11 @@ def capture_queries_keys(
     for layer in layers:
         attention = decoder.layers[layer].self_attn
         for name in ("q_proj", "k_proj"):
-            handles.append(getattr(attention, name).register_forward_hook(
-                lambda m, i, out, key=(layer, name): captured.__setitem__(key, out[0].detach())
-            ))
+            handles.append(
+                getattr(attention, name).register_forward_hook(
+                    lambda m, i, out, key=(layer, name): captured.__setitem__(key, out[0].detach())
+                )
+            )
     try:
         device = next(model.parameters()).device
         decoder(input_ids=input_ids[:1].to(device), use_cache=False)
@@ -133,7 +137,6 @@ def diagnose(
     Returns per layer/head curves (bucketed over query positions) and cluster statistics, plus a
     ``summary`` averaged over the chosen heads.
     """
-    from .evaluation import bucket_means
 
     config = model.config
     num_layers, num_heads = config.num_hidden_layers, config.num_attention_heads
@@ -198,8 +201,7 @@ def _summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
         summary[scalar] = _mean([s[scalar] for s in stats])
     for which in ("keys", "queries"):
         summary[which] = {
-            g: {metric: _mean([s[which][g][metric] for s in stats]) for metric in first[which][g]}
-            for g in first[which]
+            g: {metric: _mean([s[which][g][metric] for s in stats]) for metric in first[which][g]} for g in first[which]
         }
     summary["qk_mean_cosine"] = {g: _mean([s["qk_mean_cosine"][g] for s in stats]) for g in first["qk_mean_cosine"]}
     return summary
@@ -223,10 +225,18 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 buckets = diagnostics[v][str(n)]["summary"][curve]
                 centers = [(a + b) / 2 for a, b in zip(buckets["bucket_start"], buckets["bucket_end"])]
                 panels[v][str(n)] = (centers, buckets["mean"])
-        written.append(plots.lines_grid(
-            out_dir / f"{curve}_vs_position.png", panels, xlabel="query position", ylabel=label, vline=L,
-            legend_title="window length", markers=False, suptitle=f"{label} (mean over diagnosed heads)",
-        ))
+        written.append(
+            plots.lines_grid(
+                out_dir / f"{curve}_vs_position.png",
+                panels,
+                xlabel="query position",
+                ylabel=label,
+                vline=L,
+                legend_title="window length",
+                markers=False,
+                suptitle=f"{label} (mean over diagnosed heads)",
+            )
+        )
     colors = plots.color_map(results["variants"])
     fig, axes = plots.panel_grid(3, panel_size=(5.0, 3.8), max_columns=3, layout="constrained")
     for ax, which in zip(axes[:2], ("keys", "queries")):
@@ -235,19 +245,40 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
             group_names = list(diagnostics[v][str(lengths[0])]["summary"][which])
             for i, g in enumerate(group_names):
                 name = f"{v} · {g}"
-                series[name] = (lengths, [diagnostics[v][str(n)]["summary"][which][g]["first_singular_share"]
-                                          for n in lengths])
+                series[name] = (
+                    lengths,
+                    [diagnostics[v][str(n)]["summary"][which][g]["first_singular_share"] for n in lengths],
+                )
                 styles[name], line_colors[name] = plots.LINE_STYLES[i % 4], colors[v]
-        plots.draw_lines(ax, series, xlabel="context length", ylabel="first singular value share", log_x=True,
-                         vline=L, title=f"{which}: cluster separation (1 = rank one)", colors=line_colors,
-                         styles=styles)
-    series = {v: (lengths, [diagnostics[v][str(n)]["summary"]["positive_margin_fraction"] for n in lengths])
-              for v in variants}
-    plots.draw_lines(axes[2], series, xlabel="context length", ylabel="fraction of queries with margin > 0",
-                     log_x=True, vline=L, title="sink failures", colors=colors)
+        plots.draw_lines(
+            ax,
+            series,
+            xlabel="context length",
+            ylabel="first singular value share",
+            log_x=True,
+            vline=L,
+            title=f"{which}: cluster separation (1 = rank one)",
+            colors=line_colors,
+            styles=styles,
+        )
+    series = {
+        v: (lengths, [diagnostics[v][str(n)]["summary"]["positive_margin_fraction"] for n in lengths]) for v in variants
+    }
+    plots.draw_lines(
+        axes[2],
+        series,
+        xlabel="context length",
+        ylabel="fraction of queries with margin > 0",
+        log_x=True,
+        vline=L,
+        title="sink failures",
+        colors=colors,
+    )
     handles = [plots.plt.Line2D([], [], color=colors[v], label=v) for v in variants]
-    handles += [plots.plt.Line2D([], [], color="black", linestyle=plots.LINE_STYLES[i], label=label)
-                for i, label in enumerate(("all channels", "rotated / fast half", "unrotated / slow half"))]
+    handles += [
+        plots.plt.Line2D([], [], color="black", linestyle=plots.LINE_STYLES[i], label=label)
+        for i, label in enumerate(("all channels", "rotated / fast half", "unrotated / slow half"))
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize=8)
     written.append(plots.save_figure(fig, out_dir / "cluster_separation_vs_length.png"))
     return written

@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
-from .rope_id import ROPE_TYPE, RopeIDParameters
+from ..errors import HfRopeIDError
+from ..rope_id import ROPE_TYPE, RopeIDParameters
+from ..utils import head_dim_of
 
 VARIANTS = ("rope", "linear", "ntk", "dynamic", "yarn", "p_rope", "rope_id", "rope_id_no_temp")
 ROPE_ID_CHECKPOINT_VARIANTS = ("rope_id", "rope_id_no_temp")
@@ -40,12 +42,8 @@ DYNAMIC_FACTOR = 2.0
 DEFAULT_TEMPERATURE = "query_log"
 
 
-class BaselineError(ValueError):
+class BaselineError(HfRopeIDError, ValueError):
     """A variant cannot be built for this model; the message says what is possible."""
-
-
-def head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def is_rope_id_config(config: Any) -> bool:
@@ -104,7 +102,7 @@ def variant_rope_parameters(
     theta = float(source.get("rope_theta", 10_000.0))
     length = int(length or training_length(config))
     s = scale_factor(target_length, length)
-    d = head_dim(config)
+    d = head_dim_of(config)
     if variant == "rope":
         return source
     if variant == "linear":
@@ -131,7 +129,7 @@ def variant_rope_parameters(
 
 def variant_config(config: Any, variant: str, target_length: int, length: int | None = None, **kwargs: Any):
     """A copy of ``config`` with the variant's ``rope_parameters`` (a RopeIDConfig for ``rope_id``)."""
-    from .configuration_rope_id import RopeIDConfig
+    from ..configuration_rope_id import RopeIDConfig
 
     rope = variant_rope_parameters(config, variant, target_length, length=length, **kwargs)
     length = int(length or training_length(config))
@@ -151,7 +149,7 @@ def variant_config(config: Any, variant: str, target_length: int, length: int | 
 
 
 def _model_class_for(model: torch.nn.Module, variant: str):
-    from .modeling_rope_id import LlamaRopeIDForCausalLM
+    from ..modeling_rope_id import LlamaRopeIDForCausalLM
 
     if variant == "rope_id":
         return LlamaRopeIDForCausalLM

@@ -1,0 +1,58 @@
+"""``hf-ropeid finetune``: LoRA (or full) continued training; one option per ``FinetuneArguments`` field.
+
+The conversion options are the shared RoPE-ID group (``options.rope_id_options``), the same as
+``hf-ropeid convert``'s; every other option is generated from the argument groups' fields and help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import typing
+from typing import Any
+
+import typer
+
+from ..parameters import ROPE_ID_OPTION_KEYS
+from ..training import ARGUMENT_GROUPS, FinetuneArguments, train
+from . import options as opts
+
+
+def _field_options() -> list[inspect.Parameter]:
+    """Every argument-group field but the RoPE-ID ones as a typer option (``--lora-r``, repeated ``--data`` ...)."""
+    parameters = []
+    for group in ARGUMENT_GROUPS.values():
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            if f.name in ROPE_ID_OPTION_KEYS:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory() or None  # typer shows an empty list as "None"
+            else:
+                default = ...  # required
+            parameters.append(
+                opts.option(
+                    f.name, hints[f.name], default, help=f.metadata["help"], show_default=default not in (None, ...)
+                )
+            )
+    return parameters
+
+
+# Fields whose own default is None: a None from typer is passed on, not dropped.
+_NULLABLE = {f.name for group in ARGUMENT_GROUPS.values() for f in dataclasses.fields(group) if f.default is None}
+
+
+@opts.with_options(_field_options(), opts.rope_id_options())
+def finetune_command(**options: Any) -> None:
+    """LoRA (or full) continued training of a RoPE-ID model, or of a Llama converted on the fly."""
+    rope_id_parameters = opts.rope_id_values(options)  # rotary_fraction stays as typed: the arguments check it
+    values = {k: v for k, v in {**options, **rope_id_parameters}.items() if v is not None or k in _NULLABLE}
+    summary = train(FinetuneArguments.from_flat(**values))
+    from accelerate import PartialState
+
+    summary.pop("model")
+    if PartialState().is_main_process:
+        typer.echo(json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,21 @@
+"""Small facts the tools share: the dtype names they accept, progress lines; ``head_dim_of`` is the math
+layer's (``rope_id.py``), re-exported for the tools."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from .rope_id import head_dim_of  # noqa: F401  (re-exported: the one implementation)
+
+# The dtype names every command accepts (``--dtype``); "auto" is resolved by each command.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# safetensors header dtype -> name
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (stdout is kept for results)."""
+    print(f"[hf-ropeid] {message}", file=sys.stderr, flush=True)
