@@ -26,7 +26,8 @@ import torch
 
 ROPE_TYPE = "rope_id"
 SPECTRA = ("rope_id", "original", "minimal")
-TEMPERATURES = ("query_log", "length_log", "none")
+TEMPERATURES = ("query_log", "length_log", "ssmax", "none")
+TEMPERATURE_CHANNELS = ("all", "unrotated")
 FAR_FIELDS = ("none", "log_count")
 
 # Keys of ``rope_parameters`` for ``rope_type == "rope_id"``. These names are a public format:
@@ -41,6 +42,7 @@ PARAMETER_KEYS = (
     "temperature_coefficient",
     "rotary_window",
     "far_field",
+    "temperature_channels",
 )
 
 
@@ -67,8 +69,14 @@ class RopeIDParameters:
             re-spaced geometrically down to the slowest allowed frequency).
         temperature: "query_log" (queries at 1-based position ``p`` are multiplied by
             ``(1 + c * ln(max(p, L) / L))**2``, YaRN's factor with ``s = p / L``), "length_log"
-            (``ln(max(p, L)) / ln(L)``), or "none". Both are exactly 1 inside ``L``.
+            (``ln(max(p, L)) / ln(L)``), "ssmax" (``ln(max(p, 2)) / ln(L)`` at every position, inside ``L``
+            too: Scalable-Softmax's ``s * ln(n)`` with ``s = 1 / ln(L)``, so a model must be trained with it),
+            or "none". All but "ssmax" are exactly 1 inside ``L``.
         temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN).
+        temperature_channels: "all" (the paper) or "unrotated": only the unrotated (NoPE) channels of the
+            query are multiplied, so the logits of far keys under ``rotary_window`` (scored by those
+            channels alone) sharpen while the rotated part, which places near keys, is left as trained;
+            SWAN-GPT's log scaling of its NoPE attention, in one head.
         rotary_window: None (the paper: every key is scored on all channels) or a whole number of
             tokens ``W``: a key ``W`` or more tokens before the query is scored by the unrotated pairs
             only (the rotated pairs' part of its logit is dropped). Far keys then carry no phase at
@@ -92,6 +100,7 @@ class RopeIDParameters:
     temperature_coefficient: float = 0.1
     rotary_window: int | None = None
     far_field: str = "none"
+    temperature_channels: str = "all"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -192,7 +201,9 @@ def validate(p: RopeIDParameters) -> None:
 def _validate_settings(v: dict[str, Any]) -> None:
     """The checks that do not depend on the head size."""
     for name, value in v.items():
-        if name in ("head_dim", "spectrum", "temperature", "far_field") or (name == "rotary_window" and value is None):
+        if name in ("head_dim", "spectrum", "temperature", "far_field", "temperature_channels") or (
+            name == "rotary_window" and value is None
+        ):
             continue
         if not _is_number(value) or value <= 0:
             raise RopeIDParameterError(f"rope_id parameter '{name}' must be a positive number, got {value!r}.")
@@ -208,6 +219,10 @@ def _validate_settings(v: dict[str, Any]) -> None:
         raise RopeIDParameterError(f"Unknown spectrum {v['spectrum']!r}; accepted: {', '.join(SPECTRA)}.")
     if v["temperature"] not in TEMPERATURES:
         raise RopeIDParameterError(f"Unknown temperature {v['temperature']!r}; accepted: {', '.join(TEMPERATURES)}.")
+    if v["temperature_channels"] not in TEMPERATURE_CHANNELS:
+        raise RopeIDParameterError(
+            f"Unknown temperature_channels {v['temperature_channels']!r}; accepted: {', '.join(TEMPERATURE_CHANNELS)}."
+        )
     window = v["rotary_window"]
     if window is not None and int(window) != window:
         raise RopeIDParameterError(f"rotary_window must be a whole number of tokens or None (off), got {window!r}.")
@@ -331,6 +346,11 @@ def scale_queries(query: torch.Tensor, position_ids: torch.Tensor, p: RopeIDPara
         return query
     scale = p.query_scale(position_ids.to(query.device))
     scale = scale.reshape(-1, 1, query.shape[-2], 1)  # [batch or 1, 1, seq, 1]
+    if p.temperature_channels == "unrotated":
+        rotated = torch.zeros(p.head_dim, dtype=torch.bool, device=query.device)
+        n, half = p.num_rotated_pairs, p.head_dim // 2
+        rotated[:n] = rotated[half : half + n] = True
+        scale = torch.where(rotated, torch.ones((), dtype=scale.dtype, device=scale.device), scale)
     return (query * scale).to(query.dtype)
 
 
@@ -339,8 +359,9 @@ def query_temperature(
 ) -> torch.Tensor:
     """Multiplier for the query at each 0-based position (float32, same shape as ``positions``).
 
-    Exactly 1 for positions inside the training length, so keys (and a KV cache) never change:
-    the temperature depends on the query's own 1-based position ``p = position + 1`` only.
+    Exactly 1 for positions inside the training length (except "ssmax", which a model is trained with);
+    keys (and a KV cache) never change: the temperature depends on the query's own 1-based position
+    ``p = position + 1`` only.
     """
     p = positions.to(torch.float64) + 1
     length = float(training_length)
@@ -350,6 +371,8 @@ def query_temperature(
         scale = (1 + coefficient * torch.log(torch.clamp(p, min=length) / length)) ** 2
     elif temperature == "length_log":
         scale = torch.log(torch.clamp(p, min=length)) / math.log(length)
+    elif temperature == "ssmax":
+        scale = torch.log(torch.clamp(p, min=2.0)) / math.log(length)
     else:
         raise RopeIDParameterError(f"Unknown temperature {temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
     return scale.to(torch.float32)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..evaluation.baselines import VARIANTS
-from ..evaluation.retrieval import TASKS
+from ..evaluation.retrieval import TASKS, TEMPLATES
 from . import options as opts
 
 
@@ -43,6 +43,10 @@ def eval_command(
     depths: Annotated[str, typer.Option(help="Needle depths, fractions of the haystack.")] = "0,0.25,0.5,0.75,1",
     samples: Annotated[int, typer.Option(help="Retrieval samples per length and depth.")] = 4,
     needles: Annotated[int, typer.Option(help="Needles in multikey (one asked, the rest distractors).")] = 4,
+    retrieval_template: Annotated[
+        str,
+        typer.Option(help="standard (passkey / RULER wording) or compact (no instruction: short training lengths)."),
+    ] = "standard",
     diagnostics: Annotated[
         bool, typer.Option("--diagnostics/--no-diagnostics", help="Sink mass/margin and key/query cluster separation.")
     ] = True,
@@ -87,6 +91,7 @@ def eval_command(
         depths=opts.float_list(depths, "--depths"),
         retrieval_samples=samples,
         needles=needles,
+        retrieval_template=opts.name_list(retrieval_template, TEMPLATES, "retrieval templates")[0],
         diagnostics=diagnostics,
         diagnostic_layers=opts.int_list(layers, "--layers") or None,
         diagnostic_heads=opts.int_list(heads, "--heads") or None,

@@ -92,10 +92,13 @@ _ROPE_ID_HELP = {
         "rope_id (paper) | original (p-RoPE) | minimal (original where it turns enough, slower pairs "
         "sped up). Default: minimal.",
     ),
-    "temperature": (str, "Query temperature past L: query_log | length_log | none (query_log)."),
+    "temperature": (
+        str, "Query temperature past L: query_log | length_log | none | ssmax (at every position) (query_log)."
+    ),
     "temperature_coefficient": (float, "c of query_log (0.1)."),
     "rotary_window": (int, "Experimental: keys this many tokens back or more are scored by the unrotated pairs only."),
     "far_field": (str, "Experimental: none | log_count (needs rotary_window <= L-2)."),
+    "temperature_channels": (str, "Channels the temperature multiplies: all (paper) | unrotated (NoPE only) (all)."),
 }
 # Old spellings, accepted but not shown: alias -> key
 ROPE_ID_ALIASES = {"train_length": "training_length", "turns": "turns_per_training_length"}

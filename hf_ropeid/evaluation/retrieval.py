@@ -74,6 +74,29 @@ class RetrievalError(HfRopeIDError, ValueError):
 
 
 @dataclass(frozen=True)
+class Templates:
+    """The words of both tasks. ``{value}`` is the answer, ``{key}`` the multikey needle's key word."""
+
+    passkey_instruction: str
+    passkey_needle: str
+    passkey_question: str
+    multikey_instruction: str
+    multikey_needle: str
+    multikey_question: str
+
+
+TEMPLATES = {
+    # Passkey as in Mohtashami & Jaggi, multikey as in RULER: for models that read instructions.
+    "standard": Templates(
+        PASSKEY_INSTRUCTION, PASSKEY_NEEDLE, PASSKEY_QUESTION, MULTIKEY_INSTRUCTION, MULTIKEY_NEEDLE, MULTIKEY_QUESTION
+    ),
+    # The same retrieval with as few tokens as possible (no instruction): for models with a short training
+    # length (a byte-level toy at 128 bytes fits four needles and a haystack) that retrieve by copying.
+    "compact": Templates("", " pass key: {value}. ", " pass key:", "", " {key}: {value}. ", " {key}:"),
+}
+
+
+@dataclass(frozen=True)
 class Sample:
     """One retrieval prompt of exactly ``len(input_ids)`` tokens; the answer is its last ``answer_length``."""
 
@@ -135,15 +158,18 @@ def build_sample(
     return Sample(tuple(input_ids), len(answer_ids), depth, answer.strip())
 
 
-def passkey_sample(tokenizer, haystack: torch.Tensor, length: int, depth: float, rng: random.Random) -> Sample | None:
+def passkey_sample(
+    tokenizer, haystack: torch.Tensor, length: int, depth: float, rng: random.Random, template: str = "standard"
+) -> Sample | None:
+    words = TEMPLATES[template]
     value = str(rng.randrange(10_000, 100_000))
     return build_sample(
         tokenizer,
         haystack,
         length,
-        PASSKEY_INSTRUCTION,
-        [(PASSKEY_NEEDLE.format(value=value), depth)],
-        PASSKEY_QUESTION,
+        words.passkey_instruction,
+        [(words.passkey_needle.format(value=value), depth)],
+        words.passkey_question,
         " " + value,
         depth,
         rng,
@@ -151,21 +177,28 @@ def passkey_sample(tokenizer, haystack: torch.Tensor, length: int, depth: float,
 
 
 def multikey_sample(
-    tokenizer, haystack: torch.Tensor, length: int, depth: float, rng: random.Random, needles: int = 4
+    tokenizer,
+    haystack: torch.Tensor,
+    length: int,
+    depth: float,
+    rng: random.Random,
+    needles: int = 4,
+    template: str = "standard",
 ) -> Sample | None:
+    words = TEMPLATES[template]
     if not 1 <= needles <= len(KEY_WORDS):
         raise RetrievalError(f"needles must be between 1 and {len(KEY_WORDS)}, got {needles}.")
     keys = rng.sample(KEY_WORDS, needles)
     values = [str(rng.randrange(1_000_000, 10_000_000)) for _ in keys]
-    placed = [(MULTIKEY_NEEDLE.format(key=keys[0], value=values[0]), depth)]
-    placed += [(MULTIKEY_NEEDLE.format(key=k, value=v), rng.random()) for k, v in zip(keys[1:], values[1:])]
+    placed = [(words.multikey_needle.format(key=keys[0], value=values[0]), depth)]
+    placed += [(words.multikey_needle.format(key=k, value=v), rng.random()) for k, v in zip(keys[1:], values[1:])]
     return build_sample(
         tokenizer,
         haystack,
         length,
-        MULTIKEY_INSTRUCTION,
+        words.multikey_instruction,
         placed,
-        MULTIKEY_QUESTION.format(key=keys[0]),
+        words.multikey_question.format(key=keys[0]),
         " " + values[0],
         depth,
         rng,
@@ -181,11 +214,14 @@ def prepare_tasks(
     samples: int = 4,
     needles: int = 4,
     seed: int = 0,
+    template: str = "standard",
 ) -> dict[str, dict[int, list[Sample]]]:
     """``{task: {length: [samples for every depth]}}``; the same samples for every variant."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise RetrievalError(f"Unknown retrieval task(s) {unknown}; accepted: {', '.join(TASKS)}.")
+    if template not in TEMPLATES:
+        raise RetrievalError(f"Unknown retrieval template {template!r}; accepted: {', '.join(TEMPLATES)}.")
     out: dict[str, dict[int, list[Sample]]] = {}
     for task in tasks:
         out[task] = {}
@@ -195,9 +231,9 @@ def prepare_tasks(
             for depth in depths:
                 for _ in range(samples):
                     if task == "passkey":
-                        sample = passkey_sample(tokenizer, haystack, n, depth, rng)
+                        sample = passkey_sample(tokenizer, haystack, n, depth, rng, template)
                     else:
-                        sample = multikey_sample(tokenizer, haystack, n, depth, rng, needles)
+                        sample = multikey_sample(tokenizer, haystack, n, depth, rng, needles, template)
                     if sample is not None:
                         made.append(sample)
             out[task][n] = made

@@ -42,6 +42,7 @@ class EvalSettings:
     depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     retrieval_samples: int = 4
     needles: int = 4
+    retrieval_template: str = "standard"  # "compact": no instruction, for short training lengths
     diagnostics: bool = True
     diagnostic_layers: list[int] | None = None  # None: first, middle, last
     diagnostic_heads: list[int] | None = None  # None: all query heads
@@ -130,6 +131,7 @@ def run_evaluation(
             settings.depths,
             samples=settings.retrieval_samples,
             needles=settings.needles,
+            template=settings.retrieval_template,
             seed=settings.seed,
         )
 

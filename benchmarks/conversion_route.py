@@ -1,0 +1,281 @@
+"""The conversion route end to end, with the project's own commands: a trained RoPE checkpoint converted,
+adapted with LoRA at its training length, and evaluated at 1x..16x that length against the alternatives.
+
+The source is ``hf_ropeid.pretraining.toy_source_checkpoint(seed)``: a byte-level Llama with plain RoPE,
+pretrained from scratch at L = 128 bytes with the copy-capable curriculum, so that it retrieves inside L
+(SmolLM2 cannot serve here: it was trained to 8192 tokens, so at 16x a short L it would still be inside its
+own training length, and nothing at 16x its real L fits a CPU). Every arm gets the same adaptation budget
+(the same LoRA steps, batch and data at L) and is evaluated by ``hf-ropeid eval`` on held-out Hamlet
+(perplexity, tail perplexity) and on passkey / multi-key retrieval (compact template, needles at depths
+0-0.75, 8 samples per depth and task).
+
+Arms:
+- ``source``, ``pi_oracle``, ``ntk_oracle``, ``yarn_oracle``: the source as it is and its training-free
+  rescalings with the oracle factor n / L (``hf-ropeid eval`` baselines);
+- ``yarn_lora``: YaRN with factor 16 + LoRA (the standard context-extension recipe);
+- ``rope_id_lora``: ``hf-ropeid convert`` with its defaults + LoRA;
+- ``rope_id_paper_lora``: the paper's spectrum (periods 8..64) + LoRA;
+- ``p_rope_window_lora``: half the pairs at their original frequencies, ``rotary_window = L/2`` + LoRA,
+  evaluated without and with the unrotated-channel temperature (``..._lenlog_nope``) and the far-field
+  normalisation (``..._farnorm``): the toy study's configurations.
+
+Usage (minutes per seed on one core; each step is skipped when its output exists):
+
+    python benchmarks/conversion_route.py --seeds 0,1,2 --out benchmarks/results/conversion_route
+    python benchmarks/conversion_route.py --report --out benchmarks/results/conversion_route
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hf_ropeid import pretraining
+from hf_ropeid.atomic import write_json_atomic, write_text_atomic
+
+MULTIPLES = (1, 2, 4, 8, 16)
+LORA = dict(steps=300, batch=16, learning_rate=2e-3, r=16)  # 300 x 16 x 128 = 0.61M tokens
+EVAL_ARGS = ["--retrieval-template", "compact", "--depths", "0,0.25,0.5,0.75", "--samples", "8", "--needles", "4",
+             "--no-diagnostics", "--tokens-per-length", "8192", "--batch-size", "16", "--position-buckets", "8"]
+LORA_DATA_WINDOWS = 6000
+
+
+def hf_ropeid(*args: str, log: Path) -> None:
+    """Runs one ``hf-ropeid`` command (the installed CLI, as a user would), output appended to ``log``."""
+    command = [sys.executable, "-m", "hf_ropeid.cli", *args]
+    with log.open("a") as handle:
+        handle.write(f"\n$ hf-ropeid {' '.join(args)}\n")
+        handle.flush()
+        start = time.perf_counter()
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+        handle.write(f"[exit {result.returncode} after {time.perf_counter() - start:.0f} s]\n")
+    if result.returncode != 0:
+        raise SystemExit(f"error: `hf-ropeid {' '.join(args)}` failed; see {log}")
+
+
+def lora_data(work: Path, setup: pretraining.PretrainSetup) -> Path:
+    """The adaptation data: training windows of the pretraining's last stage (text and copy windows), as text."""
+    path = work / "lora_data.txt"
+    if path.exists():
+        return path
+    train_text, _ = pretraining.shakespeare_split()
+    stage = setup.stages[-1]
+    rng = random.Random(12345)
+    windows = []
+    for _ in range(LORA_DATA_WINDOWS):
+        if rng.random() < stage.mixture.text_fraction:
+            start = rng.randrange(len(train_text) - stage.length)
+            window = list(train_text[start:start + stage.length])
+        else:
+            window = pretraining.copy_window(rng, train_text, stage.length, stage.mixture)[0]
+        windows.append(bytes(window).decode("latin-1"))
+    write_text_atomic(path, "\n\n".join(windows))
+    return path
+
+
+def held_out_text(work: Path) -> Path:
+    path = work / "hamlet.txt"
+    if not path.exists():
+        write_text_atomic(path, pretraining.shakespeare_split()[1])
+    return path
+
+
+def yarn_source(source: Path, target: Path, factor: float, L: int) -> Path:
+    """A copy of the source whose config applies YaRN with ``factor`` (a Llama folder, no hf-ropeid needed)."""
+    if target.exists():
+        return target
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    config = json.loads((staging / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": config["rope_parameters"]["rope_theta"],
+                                 "factor": factor, "original_max_position_embeddings": L}
+    config["max_position_embeddings"] = int(L * factor)
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    staging.rename(target)
+    return target
+
+
+def adapt(model: Path, name: str, work: Path, data: Path, L: int, seed: int, log: Path, extra: list[str]) -> Path:
+    """``hf-ropeid finetune`` (LoRA at L, the shared budget) then ``hf-ropeid merge``; returns the merged folder."""
+    merged = work / f"{name}-merged"
+    if merged.exists():
+        return merged
+    run = work / f"{name}-lora"
+    hf_ropeid("finetune", str(model), "--output-dir", str(run), "--data", str(data), "--seq-length", str(L),
+              "--max-steps", str(LORA["steps"]), "--batch-size", str(LORA["batch"]),
+              "--learning-rate", str(LORA["learning_rate"]), "--lora-r", str(LORA["r"]), "--lora-dropout", "0",
+              "--warmup-steps", "20", "--seed", str(seed), "--eval-fraction", "0.02", "--no-eval-at-start",
+              "--force", *extra, log=log)
+    hf_ropeid("merge", str(run / "adapter"), str(merged), log=log)
+    return merged
+
+
+def evaluate(model: Path, name: str, work: Path, text: Path, L: int, baselines: str, log: Path) -> dict[str, Any]:
+    out = work / f"eval-{name}"
+    if not (out / "results.json").exists():
+        lengths = ",".join(str(m * L) for m in MULTIPLES)
+        hf_ropeid("eval", str(model), "--out", str(out), "--lengths", lengths, "--baselines", baselines,
+                  "--text", str(text), "--force", *EVAL_ARGS, log=log)
+    return json.loads((out / "results.json").read_text())
+
+
+def cells(results: dict[str, Any], variant: str, L: int) -> dict[str, Any]:
+    """``{multiple: {ppl, tail_ppl, retrieval, multikey}}`` of one evaluated variant."""
+    out = {}
+    for m in MULTIPLES:
+        n = str(m * L)
+        ppl = results["perplexity"][variant][n]
+        out[str(m)] = {
+            "ppl": ppl["perplexity"], "tail_ppl": ppl["tail_perplexity"],
+            "retrieval": results["retrieval"]["passkey"][variant][n]["accuracy"],
+            "multikey": results["retrieval"]["multikey"][variant][n]["accuracy"],
+        }
+    return out
+
+
+def run_seed(seed: int, out: Path) -> Path:
+    setup = pretraining.PretrainSetup()
+    L = setup.training_length
+    work = out / "work" / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    source = pretraining.toy_source_checkpoint(seed)
+    data, text = lora_data(out / "work", setup), held_out_text(out / "work")
+    budget = LORA["steps"] * LORA["batch"] * L
+    arms: dict[str, Any] = {}
+
+    results = evaluate(source, "source", work, text, L, "rope,linear,ntk,yarn", log)
+    for arm, variant in (("source", "rope"), ("pi_oracle", "linear"), ("ntk_oracle", "ntk"), ("yarn_oracle", "yarn")):
+        arms[arm] = {"budget_tokens": 0, **cells(results, variant, L)}
+
+    factor = float(MULTIPLES[-1])
+    yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, L, seed, log,
+                 ["--no-convert"])
+    arms["yarn_lora"] = {"budget_tokens": budget, **cells(evaluate(yarn, "yarn_lora", work, text, L, "rope", log),
+                                                          "rope", L)}
+
+    conversions = {
+        "rope_id_lora": [],  # the converter's defaults
+        "rope_id_paper_lora": ["--spectrum", "rope_id", "--rotary-fraction", "0.5", "--shortest-period", "8"],
+        "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
+                               "--temperature", "length_log", "--temperature-channels", "unrotated"],
+    }
+    for arm, options in conversions.items():
+        converted = work / f"{arm}-converted"
+        if not converted.exists():
+            hf_ropeid("convert", str(source), str(converted), "--training-length", str(L), "--no-verify", *options,
+                      log=log)
+        merged = adapt(converted, arm, work, data, L, seed, log, [])
+        results = evaluate(merged, arm, work, text, L, "rope_id,rope_id_no_temp", log)
+        if arm == "p_rope_window_lora":
+            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
+            arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
+            far = work / f"{arm}-farnorm"
+            if not far.exists():
+                shutil.copytree(merged, far)
+                config = json.loads((far / "config.json").read_text())
+                config["rope_parameters"].update(far_field="log_count", temperature="none")
+                (far / "config.json").write_text(json.dumps(config, indent=2))
+            far_results = evaluate(far, arm + "_farnorm", work, text, L, "rope_id", log)
+            arms[arm + "_farnorm"] = {"budget_tokens": budget, **cells(far_results, "rope_id", L)}
+        else:
+            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
+            arms[arm + "_no_temp"] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
+
+    record = {"seed": seed, "training_length": L, "source": str(source),
+              "source_pretraining": json.loads((source / "pretraining.json").read_text())["tokens"],
+              "lora": LORA, "arms": arms}
+    path = out / "runs" / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return path
+
+
+def report(out: Path) -> dict[str, Any]:
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
+    if not runs:
+        raise SystemExit(f"error: no runs in {out / 'runs'}; run some seeds first (see --help).")
+    L = runs[0]["training_length"]
+    summary: dict[str, Any] = {"training_length": L, "seeds": [r["seed"] for r in runs],
+                               "source_pretraining_tokens": runs[0]["source_pretraining"], "arms": {}}
+    full: dict[str, Any] = {**summary, "arms": {}}
+    for arm in runs[0]["arms"]:
+        row = {"budget_tokens": runs[0]["arms"][arm]["budget_tokens"]}
+        full_row = dict(row)
+        for m in MULTIPLES:
+            cell, full_cell = {}, {}
+            for metric in ("ppl", "tail_ppl", "retrieval", "multikey"):
+                values = [r["arms"][arm][str(m)][metric] for r in runs if r["arms"][arm][str(m)][metric] is not None]
+                mean = statistics.fmean(values) if values else None
+                cell[metric] = mean
+                full_cell[metric] = {"mean": mean, "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                                     "per_seed": values}
+            row[str(m)] = cell
+            full_row[str(m)] = full_cell
+        summary["arms"][arm] = row
+        full["arms"][arm] = full_row
+    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary_full.json", full)
+    write_text_atomic(out / "results.md", markdown(full))
+    plot(full, out)
+    return summary
+
+
+def markdown(full: dict[str, Any]) -> str:
+    L = full["training_length"]
+    lines = [f"Conversion route on the toy source (L = {L} bytes, {full['source_pretraining_tokens'] / 1e6:.1f}M "
+             f"pretraining tokens), seeds {full['seeds']}: mean ± std.", ""]
+    for metric, title, digits in (("tail_ppl", "tail perplexity (last quarter of each window)", 2),
+                                  ("ppl", "perplexity", 2), ("retrieval", "passkey exact match", 2),
+                                  ("multikey", "multi-key (4 needles) exact match", 2)):
+        lines += [f"**{title}**", "", "| arm | LoRA tokens | " + " | ".join(f"{m}x" for m in MULTIPLES) + " |",
+                  "|---|---|" + "---|" * len(MULTIPLES)]
+        for arm, row in full["arms"].items():
+            values = []
+            for m in MULTIPLES:
+                c = row[str(m)][metric]
+                values.append("-" if c["mean"] is None else f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}")
+            lines.append(f"| {arm} | {row['budget_tokens']:,} | " + " | ".join(values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(full: dict[str, Any], out: Path) -> None:
+    from hf_ropeid.evaluation import plots
+
+    L = full["training_length"]
+    lengths = [m * L for m in MULTIPLES]
+    names = list(full["arms"])
+    colors = plots.color_map(names)
+    for metric, ylabel, log_y in (("tail_ppl", "tail perplexity", True), ("retrieval", "passkey exact match", False),
+                                  ("multikey", "multi-key exact match", False)):
+        series = {name: (lengths, [full["arms"][name][str(m)][metric]["mean"] for m in MULTIPLES]) for name in names}
+        plots.line_plot(out / f"{metric}_vs_length.png", series, xlabel="context length (bytes)", ylabel=ylabel,
+                        log_x=True, log_y=log_y, vline=L, colors=colors,
+                        title=f"Conversion route, toy source (L = {L}): {ylabel}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conversion_route"))
+    parser.add_argument("--report", action="store_true", help="merge OUT/runs into summary.json, table and plots")
+    args = parser.parse_args(argv)
+    if not args.report:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            print(f"wrote {run_seed(seed, args.out)}", flush=True)
+    report(args.out)
+    print(f"wrote {args.out / 'summary.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""From-scratch toy models that retrieve: does far context stay *usable* at 16x the training length?
+
+Every configuration is the same 2-layer, width-64 byte-level Llama, pretrained with the copy-capable
+curriculum of ``hf_ropeid.pretraining`` (same data order and initial weights per seed); only the positional
+encoding differs. Each trained model is evaluated at 1x, 2x, 4x, 8x and 16x its training length L = 128
+with the evaluation suite's own code:
+
+- ``tail_loss``: mean loss (nats/byte) of the last quarter of held-out Hamlet windows
+  (``evaluation.passes.perplexity_at_length``);
+- ``retrieval``: single-key passkey exact match, ``multikey``: 4 needles, one asked
+  (``evaluation.retrieval``, compact template: no instruction, so four needles fit in 128 bytes); the needle
+  sits at depths 0, 0.25, 0.5 and 0.75 of the haystack (far from the question), 8 samples per depth.
+
+Usage (one process per core; each run writes its own JSON, ``--report`` merges them):
+
+    python benchmarks/toy_retrieval.py --variants rope,rope_id --seeds 0,1,2 --out benchmarks/results/toy_retrieval
+    python benchmarks/toy_retrieval.py --report --out benchmarks/results/toy_retrieval
+
+The report writes ``summary.json`` (means over seeds), ``summary_full.json`` (every seed, std), ``results.md``
+and ``retrieval_vs_length.png`` / ``tail_loss_vs_length.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_ropeid import pretraining
+from hf_ropeid.atomic import write_json_atomic, write_text_atomic
+
+MULTIPLES = (1, 2, 4, 8, 16)
+DEPTHS = (0.0, 0.25, 0.5, 0.75)
+SAMPLES_PER_DEPTH = 8
+TEXT_TOKENS_PER_LENGTH = 8192
+SHORTEST_PERIOD = 8.0  # RoPE-ID periods 8..64 bytes at L = 128 (the paper's 32..L/2 scaled down)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``family`` "llama" (stock LlamaForCausalLM) or "rope_id" (LlamaRopeIDForCausalLM), and its rope_parameters."""
+
+    family: str
+    rope: dict[str, Any] = field(default_factory=dict)
+
+
+EvalFn = Callable[[int, int], ModelSpec]  # (training length L, evaluation length n) -> spec
+
+
+def same(spec: ModelSpec) -> EvalFn:
+    return lambda L, n: spec
+
+
+def rope_id(**rope: Any) -> ModelSpec:
+    return ModelSpec("rope_id", {"temperature": "none", **rope})
+
+
+def rescaled(rope_type: str) -> EvalFn:
+    """Plain RoPE with a training-free rescaling given the oracle factor n / L (plain RoPE inside L)."""
+
+    def spec(L: int, n: int) -> ModelSpec:
+        if n <= L:
+            return ModelSpec("llama")
+        s = n / L
+        if rope_type == "ntk":
+            return ModelSpec("llama", {"rope_theta": 10_000.0 * s ** (32 / 30)})  # theta * s^(d/(d-2)), d = 32
+        extra = {"original_max_position_embeddings": L} if rope_type == "yarn" else {}
+        return ModelSpec("llama", {"rope_type": rope_type, "factor": s, **extra})
+
+    return spec
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    train: ModelSpec
+    evals: dict[str, EvalFn]
+
+
+LENGTH_LOG = {"temperature": "length_log"}
+LENGTH_LOG_UNROTATED = {"temperature": "length_log", "temperature_channels": "unrotated"}
+QUERY_LOG = {"temperature": "query_log"}
+FAR_NORM = {"far_field": "log_count"}
+WINDOW = {"rotary_window": 64}
+
+
+def window_evals(**rope: Any) -> dict[str, EvalFn]:
+    return {
+        "": same(rope_id(**rope)),
+        "+farnorm": same(rope_id(**rope, **FAR_NORM)),
+        "+lenlog": same(rope_id(**rope, **LENGTH_LOG)),
+        "+lenlog_nope": same(rope_id(**rope, **LENGTH_LOG_UNROTATED)),
+    }
+
+
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("rope", "RoPE, theta 1e4, all pairs", ModelSpec("llama"),
+                {"": same(ModelSpec("llama")), "+yarn": rescaled("yarn"), "+ntk": rescaled("ntk")}),
+        Variant("rope_id", "RoPE-ID (the paper): half the pairs, periods 8..64", rope_id(),
+                {"": same(rope_id()), "+temp": same(rope_id(**QUERY_LOG)),
+                 "+lenlog_nope": same(rope_id(**LENGTH_LOG_UNROTATED))}),
+        Variant("p_rope", "p-RoPE: half the pairs at their original frequencies", rope_id(spectrum="original"),
+                {"": same(rope_id(spectrum="original")), "+temp": same(rope_id(spectrum="original", **QUERY_LOG)),
+                 "+lenlog_nope": same(rope_id(spectrum="original", **LENGTH_LOG_UNROTATED))}),
+        Variant("p_rope_win64", "p-RoPE; keys 64+ bytes back scored by the unrotated pairs only",
+                rope_id(spectrum="original", **WINDOW), window_evals(spectrum="original", **WINDOW)),
+        Variant("p_rope_win64_ssmax", "p-RoPE + window 64, trained with SSMax-style query scaling ln(p)/ln(L) "
+                "at every position", rope_id(spectrum="original", temperature="ssmax", **WINDOW),
+                {"": same(rope_id(spectrum="original", temperature="ssmax", **WINDOW))}),
+    ]
+}
+
+
+def build_model(spec: ModelSpec, setup: pretraining.PretrainSetup) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig
+
+    common = dict(pretraining.model_config_kwargs(setup), attn_implementation="sdpa")
+    L = setup.training_length
+    if spec.family == "rope_id":
+        rope = {"rope_type": "rope_id", "rope_theta": setup.rope_theta, "training_length": L,
+                "shortest_period": SHORTEST_PERIOD, **spec.rope}
+        return LlamaRopeIDForCausalLM(RopeIDConfig(**common, rope_parameters=rope))
+    rope = {"rope_type": "default", "rope_theta": setup.rope_theta, **spec.rope}
+    return LlamaForCausalLM(LlamaConfig(**common, rope_parameters=rope))
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation (the evaluation suite's passes)
+
+
+@dataclass
+class EvalData:
+    tokenizer: Any
+    stream: torch.Tensor  # held-out Hamlet, byte ids
+    windows: dict[int, torch.Tensor]
+    retrieval: dict[str, dict[int, list]]
+
+
+def eval_data(lengths: list[int], held_out: bytes) -> EvalData:
+    from hf_ropeid.evaluation.retrieval import prepare_tasks
+    from hf_ropeid.evaluation.text import make_windows
+
+    tokenizer = pretraining.byte_tokenizer()
+    stream = torch.tensor(list(held_out), dtype=torch.long)
+    windows = {n: make_windows(stream, n, max(4, TEXT_TOKENS_PER_LENGTH // n), pretraining.BOS_ID) for n in lengths}
+    tasks = prepare_tasks(tokenizer, stream, ("passkey", "multikey"), lengths, DEPTHS, samples=SAMPLES_PER_DEPTH,
+                          needles=4, seed=0, template="compact")
+    return EvalData(tokenizer, stream, windows, tasks)
+
+
+def evaluate(model: torch.nn.Module, n: int, data: EvalData) -> dict[str, Any]:
+    from hf_ropeid.evaluation.passes import perplexity_at_length
+    from hf_ropeid.evaluation.retrieval import score_task
+
+    text = perplexity_at_length(model, data.windows[n], batch_size=16, token_budget=16384, position_buckets=8)
+    passkey = score_task(model, data.retrieval["passkey"][n], DEPTHS, batch_size=32, token_budget=32768)
+    multikey = score_task(model, data.retrieval["multikey"][n], DEPTHS, batch_size=32, token_budget=32768)
+    return {
+        "tail_loss": text["tail_loss"], "loss": text["loss"],
+        "retrieval": passkey["accuracy"], "multikey": multikey["accuracy"],
+        "retrieval_logprob": passkey["answer_logprob"], "multikey_logprob": multikey["answer_logprob"],
+        "retrieval_by_depth": {d: v["accuracy"] for d, v in passkey["by_depth"].items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# One run: train one variant with one seed, evaluate every evaluation configuration
+
+
+def run(variant: Variant, seed: int, setup: pretraining.PretrainSetup, out: Path) -> Path:
+    torch.set_num_threads(1)
+    train_text, held_out = pretraining.shakespeare_split()
+    L = setup.training_length
+    lengths = [m * L for m in MULTIPLES]
+    torch.manual_seed(seed)  # same initial weights for every variant (same parameter shapes)
+    model = build_model(variant.train, setup)
+    trained = pretraining.pretrain(model, setup, seed, train_text, progress=f"{variant.name} seed {seed}")
+    state = model.state_dict()
+    data = eval_data(lengths, held_out)
+    results: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    for suffix, spec_for in variant.evals.items():
+        name = variant.name + suffix
+        results[name] = {}
+        for m, n in zip(MULTIPLES, lengths):
+            evaluated = build_model(spec_for(L, n), setup)
+            evaluated.load_state_dict(state)
+            evaluated.eval()
+            results[name][str(m)] = evaluate(evaluated, n, data)
+        one = results[name]
+        print(f"[{name} seed {seed}] " + "  ".join(
+            f"{m}x: loss {one[str(m)]['tail_loss']:.3f} key {one[str(m)]['retrieval']:.2f} "
+            f"multi {one[str(m)]['multikey']:.2f}" for m in MULTIPLES), file=sys.stderr, flush=True)
+    record = {
+        "variant": variant.name, "description": variant.description, "seed": seed,
+        "setup": asdict(setup), "pretraining_tokens": setup.tokens, "training": trained,
+        "eval_seconds": time.perf_counter() - start, "results": results,
+        "machine": f"{torch.get_num_threads()} thread(s), torch {torch.__version__}",
+    }
+    path = out / "runs" / f"{variant.name}-seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def report(out: Path) -> dict[str, Any]:
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    if not runs:
+        raise SystemExit(f"error: no runs in {out / 'runs'}; train some first (see --help).")
+    per_config: dict[str, dict[int, dict]] = {}
+    for record in runs:
+        for name, by_multiple in record["results"].items():
+            per_config.setdefault(name, {})[record["seed"]] = by_multiple
+    summary: dict[str, Any] = {"configurations": {}}
+    full: dict[str, Any] = {"configurations": {}, "depths": DEPTHS, "samples_per_depth": SAMPLES_PER_DEPTH}
+    for name, by_seed in sorted(per_config.items()):
+        seeds = sorted(by_seed)
+        row: dict[str, Any] = {"seeds": len(seeds)}
+        full_row: dict[str, Any] = {"seeds": seeds}
+        for m in MULTIPLES:
+            cell, full_cell = {}, {}
+            for metric in ("tail_loss", "retrieval", "multikey"):
+                values = [by_seed[s][str(m)][metric] for s in seeds]
+                mean, std = _mean_std(values)
+                cell[metric] = mean
+                full_cell[metric] = {"mean": mean, "std": std, "per_seed": values}
+            row[str(m)] = cell
+            full_row[str(m)] = full_cell
+        summary["configurations"][name] = row
+        full["configurations"][name] = full_row
+    setup = runs[0]["setup"]
+    summary["training_length"] = full["training_length"] = setup["training_length"]
+    summary["pretraining_tokens"] = full["pretraining_tokens"] = runs[0]["pretraining_tokens"]
+    summary["seconds_per_step"] = full["seconds_per_step"] = statistics.fmean(
+        r["training"]["seconds_per_step"] for r in runs)
+    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary_full.json", full)
+    write_text_atomic(out / "results.md", markdown(full))
+    plot(full, out)
+    return summary
+
+
+def markdown(full: dict[str, Any]) -> str:
+    L = full["training_length"]
+    lines = [f"Toy retrieval: 2-layer width-64 byte-level Llamas, L = {L}, mean ± std over seeds "
+             f"({full['pretraining_tokens'] / 1e6:.2f}M pretraining tokens each).", ""]
+    for metric, title, digits in (("tail_loss", "tail loss (nats/byte, lower is better)", 3),
+                                  ("retrieval", "single-key (passkey) exact match", 2),
+                                  ("multikey", "multi-key (4 needles) exact match", 2)):
+        lines += [f"**{title}**", "", "| configuration | seeds | " + " | ".join(f"{m}x ({m * L})" for m in MULTIPLES)
+                  + " |", "|---|---|" + "---|" * len(MULTIPLES)]
+        for name, row in full["configurations"].items():
+            cells = [f"{row[str(m)][metric]['mean']:.{digits}f} ± {row[str(m)][metric]['std']:.{digits}f}"
+                     for m in MULTIPLES]
+            lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(full: dict[str, Any], out: Path) -> None:
+    from hf_ropeid.evaluation import plots
+
+    L = full["training_length"]
+    lengths = [m * L for m in MULTIPLES]
+    names = list(full["configurations"])
+    colors = plots.color_map(names)
+    for metric, ylabel, filename in (("retrieval", "passkey exact match", "retrieval_vs_length.png"),
+                                     ("tail_loss", "tail loss (nats/byte)", "tail_loss_vs_length.png"),
+                                     ("multikey", "multi-key exact match", "multikey_vs_length.png")):
+        series = {name: (lengths, [full["configurations"][name][str(m)][metric]["mean"] for m in MULTIPLES])
+                  for name in names}
+        plots.line_plot(out / filename, series, xlabel="context length (bytes)", ylabel=ylabel, log_x=True,
+                        vline=L, colors=colors, title=f"Toy models, L = {L}: {ylabel} vs length (mean of seeds)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_retrieval"))
+    parser.add_argument("--report", action="store_true", help="merge the runs under OUT/runs into the summary")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="override (smoke tests)")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override (smoke tests)")
+    args = parser.parse_args(argv)
+    if args.report:
+        report(args.out)
+        print(f"wrote {args.out / 'summary.json'}")
+        return
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {unknown}; accepted: {', '.join(VARIANTS)}")
+    setup = pretraining.PretrainSetup()
+    if args.stage1_steps is not None or args.stage2_steps is not None:
+        from dataclasses import replace
+
+        first, second = setup.stages
+        setup = replace(setup, stages=(replace(first, steps=args.stage1_steps or first.steps),
+                                       replace(second, steps=args.stage2_steps or second.steps)))
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name in args.variants.split(","):
+            print(f"wrote {run(VARIANTS[name], seed, setup, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

