@@ -19,10 +19,17 @@ Arms:
   evaluated without and with the unrotated-channel temperature (``..._lenlog_nope``) and the far-field
   normalisation (``..._farnorm``): the toy study's configurations.
 
+``--source smollm2 --training-length 256`` runs the same route on SmolLM2-135M-Instruct with a pretended
+training length (what the route does to a model that retrieves well, adapted at a short length). It cannot
+show extrapolation of the source or of YaRN: 16x 256 = 4096 is inside SmolLM2's own 8192 tokens, so the
+``source`` arm is an upper reference there, not a baseline that breaks.
+
 Usage (minutes per seed on one core; each step is skipped when its output exists):
 
     python benchmarks/conversion_route.py --seeds 0,1,2 --out benchmarks/results/conversion_route
     python benchmarks/conversion_route.py --report --out benchmarks/results/conversion_route
+    python benchmarks/conversion_route.py --source smollm2 --training-length 256 --seeds 0 \
+        --out benchmarks/results/conversion_route_smollm2
 """
 
 from __future__ import annotations
@@ -42,9 +49,13 @@ from hf_ropeid import pretraining
 from hf_ropeid.atomic import write_json_atomic, write_text_atomic
 
 MULTIPLES = (1, 2, 4, 8, 16)
-LORA = dict(steps=300, batch=16, learning_rate=2e-3, r=16)  # 300 x 16 x 128 = 0.61M tokens
+LORA = dict(steps=300, batch=16, learning_rate=2e-3, r=16)  # toy: 300 x 16 x 128 = 0.61M tokens
 EVAL_ARGS = ["--retrieval-template", "compact", "--depths", "0,0.25,0.5,0.75", "--samples", "8", "--needles", "4",
              "--no-diagnostics", "--tokens-per-length", "8192", "--batch-size", "16", "--position-buckets", "8"]
+# SmolLM2 (135M): a CPU budget. 60 x 4 x 256 = 61k tokens of LoRA; 2 samples per depth; one text window at 16x.
+SMOLLM2_LORA = dict(steps=60, batch=4, learning_rate=5e-4, r=16)
+SMOLLM2_EVAL_ARGS = ["--tasks", "passkey", "--depths", "0,0.25,0.5,0.75", "--samples", "2", "--no-diagnostics",
+                     "--batch-size", "4", "--token-budget", "8192", "--position-buckets", "8"]
 LORA_DATA_WINDOWS = 6000
 
 
@@ -104,27 +115,29 @@ def yarn_source(source: Path, target: Path, factor: float, L: int) -> Path:
     return target
 
 
-def adapt(model: Path, name: str, work: Path, data: Path, L: int, seed: int, log: Path, extra: list[str]) -> Path:
+def adapt(model: Path, name: str, work: Path, data: Path, L: int, seed: int, log: Path, extra: list[str],
+          lora: dict[str, Any] = LORA) -> Path:
     """``hf-ropeid finetune`` (LoRA at L, the shared budget) then ``hf-ropeid merge``; returns the merged folder."""
     merged = work / f"{name}-merged"
     if merged.exists():
         return merged
     run = work / f"{name}-lora"
     hf_ropeid("finetune", str(model), "--output-dir", str(run), "--data", str(data), "--seq-length", str(L),
-              "--max-steps", str(LORA["steps"]), "--batch-size", str(LORA["batch"]),
-              "--learning-rate", str(LORA["learning_rate"]), "--lora-r", str(LORA["r"]), "--lora-dropout", "0",
+              "--max-steps", str(lora["steps"]), "--batch-size", str(lora["batch"]),
+              "--learning-rate", str(lora["learning_rate"]), "--lora-r", str(lora["r"]), "--lora-dropout", "0",
               "--warmup-steps", "20", "--seed", str(seed), "--eval-fraction", "0.02", "--no-eval-at-start",
               "--force", *extra, log=log)
     hf_ropeid("merge", str(run / "adapter"), str(merged), log=log)
     return merged
 
 
-def evaluate(model: Path, name: str, work: Path, text: Path, L: int, baselines: str, log: Path) -> dict[str, Any]:
+def evaluate(model: Path, name: str, work: Path, text: Path, L: int, baselines: str, log: Path,
+             eval_args: list[str] | None = None) -> dict[str, Any]:
     out = work / f"eval-{name}"
     if not (out / "results.json").exists():
         lengths = ",".join(str(m * L) for m in MULTIPLES)
         hf_ropeid("eval", str(model), "--out", str(out), "--lengths", lengths, "--baselines", baselines,
-                  "--text", str(text), "--force", *EVAL_ARGS, log=log)
+                  "--text", str(text), "--force", *(eval_args or EVAL_ARGS), log=log)
     return json.loads((out / "results.json").read_text())
 
 
@@ -137,46 +150,74 @@ def cells(results: dict[str, Any], variant: str, L: int) -> dict[str, Any]:
         out[str(m)] = {
             "ppl": ppl["perplexity"], "tail_ppl": ppl["tail_perplexity"],
             "retrieval": results["retrieval"]["passkey"][variant][n]["accuracy"],
-            "multikey": results["retrieval"]["multikey"][variant][n]["accuracy"],
+            "multikey": results["retrieval"].get("multikey", {}).get(variant, {}).get(n, {}).get("accuracy"),
         }
     return out
 
 
-def run_seed(seed: int, out: Path) -> Path:
-    setup = pretraining.PretrainSetup()
-    L = setup.training_length
+def smollm2_data(work: Path) -> Path:
+    """SmolLM2's adaptation data: Shakespeare's works but Hamlet (held out), as one text file."""
+    path = work / "shakespeare_train.txt"
+    if not path.exists():
+        write_text_atomic(path, pretraining.shakespeare_split()[0])
+    return path
+
+
+def run_seed(seed: int, out: Path, source_kind: str = "toy", training_length: int | None = None) -> Path:
     work = out / "work" / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
-    source = pretraining.toy_source_checkpoint(seed)
-    data, text = lora_data(out / "work", setup), held_out_text(out / "work")
+    global LORA, EVAL_ARGS
+    if source_kind == "smollm2":
+        from hf_ropeid.assets import smollm2_checkpoint
+
+        L = training_length or 256
+        source = smollm2_checkpoint()
+        data, text = smollm2_data(out / "work"), held_out_text(out / "work")
+        LORA, EVAL_ARGS = SMOLLM2_LORA, SMOLLM2_EVAL_ARGS + ["--tokens-per-length", str(L * MULTIPLES[-1])]
+        source_tokens = 2_000_000_000_000  # SmolLM2-135M's pretraining: 2T tokens (its model card)
+    else:
+        setup = pretraining.PretrainSetup()
+        L = setup.training_length
+        source = pretraining.toy_source_checkpoint(seed)
+        data, text = lora_data(out / "work", setup), held_out_text(out / "work")
+        source_tokens = json.loads((source / "pretraining.json").read_text())["tokens"]
     budget = LORA["steps"] * LORA["batch"] * L
     arms: dict[str, Any] = {}
 
-    results = evaluate(source, "source", work, text, L, "rope,linear,ntk,yarn", log)
+    small = source_kind == "smollm2"  # a CPU budget: fewer arms on the 135M model
+    baselines = "rope,yarn" if small else "rope,linear,ntk,yarn"
+    results = evaluate(source, "source", work, text, L, baselines, log)
     for arm, variant in (("source", "rope"), ("pi_oracle", "linear"), ("ntk_oracle", "ntk"), ("yarn_oracle", "yarn")):
-        arms[arm] = {"budget_tokens": 0, **cells(results, variant, L)}
+        if variant in results["perplexity"]:
+            arms[arm] = {"budget_tokens": 0, **cells(results, variant, L)}
 
     factor = float(MULTIPLES[-1])
     yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, L, seed, log,
-                 ["--no-convert"])
+                 ["--no-convert"], LORA)
     arms["yarn_lora"] = {"budget_tokens": budget, **cells(evaluate(yarn, "yarn_lora", work, text, L, "rope", log),
                                                           "rope", L)}
 
     conversions = {
         "rope_id_lora": [],  # the converter's defaults
-        "rope_id_paper_lora": ["--spectrum", "rope_id", "--rotary-fraction", "0.5", "--shortest-period", "8"],
+        "rope_id_paper_lora": ["--spectrum", "rope_id", "--rotary-fraction", "0.5", "--shortest-period",
+                               str(max(2, L // 16))],
         "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
                                "--temperature", "length_log", "--temperature-channels", "unrotated"],
     }
+    if small:  # the paper's spectrum measured 4x the source's perplexity on SmolLM2 without training
+        conversions.pop("rope_id_paper_lora")
     for arm, options in conversions.items():
         converted = work / f"{arm}-converted"
         if not converted.exists():
             hf_ropeid("convert", str(source), str(converted), "--training-length", str(L), "--no-verify", *options,
                       log=log)
-        merged = adapt(converted, arm, work, data, L, seed, log, [])
+        merged = adapt(converted, arm, work, data, L, seed, log, [], LORA)
         results = evaluate(merged, arm, work, text, L, "rope_id,rope_id_no_temp", log)
-        if arm == "p_rope_window_lora":
+        if arm == "p_rope_window_lora" and small:
+            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
+            arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
+        elif arm == "p_rope_window_lora":
             arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
             arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
             far = work / f"{arm}-farnorm"
@@ -191,9 +232,8 @@ def run_seed(seed: int, out: Path) -> Path:
             arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
             arms[arm + "_no_temp"] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
 
-    record = {"seed": seed, "training_length": L, "source": str(source),
-              "source_pretraining": json.loads((source / "pretraining.json").read_text())["tokens"],
-              "lora": LORA, "arms": arms}
+    record = {"seed": seed, "training_length": L, "source": str(source), "source_kind": source_kind,
+              "source_pretraining": source_tokens, "lora": LORA, "eval_args": EVAL_ARGS, "arms": arms}
     path = out / "runs" / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)
@@ -232,8 +272,8 @@ def report(out: Path) -> dict[str, Any]:
 
 def markdown(full: dict[str, Any]) -> str:
     L = full["training_length"]
-    lines = [f"Conversion route on the toy source (L = {L} bytes, {full['source_pretraining_tokens'] / 1e6:.1f}M "
-             f"pretraining tokens), seeds {full['seeds']}: mean ± std.", ""]
+    lines = [f"Conversion route, L = {L} ({full['source_pretraining_tokens'] / 1e6:,.1f}M source pretraining "
+             f"tokens), seeds {full['seeds']}: mean ± std.", ""]
     for metric, title, digits in (("tail_ppl", "tail perplexity (last quarter of each window)", 2),
                                   ("ppl", "perplexity", 2), ("retrieval", "passkey exact match", 2),
                                   ("multikey", "multi-key (4 needles) exact match", 2)):
@@ -269,10 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conversion_route"))
     parser.add_argument("--report", action="store_true", help="merge OUT/runs into summary.json, table and plots")
+    parser.add_argument("--source", choices=("toy", "smollm2"), default="toy")
+    parser.add_argument("--training-length", type=int, default=None, help="L for --source smollm2 (256)")
     args = parser.parse_args(argv)
     if not args.report:
         for seed in (int(s) for s in args.seeds.split(",")):
-            print(f"wrote {run_seed(seed, args.out)}", flush=True)
+            print(f"wrote {run_seed(seed, args.out, args.source, args.training_length)}", flush=True)
     report(args.out)
     print(f"wrote {args.out / 'summary.json'}")
 
