@@ -366,9 +366,9 @@ def test_the_default_convert_runs_twice(tiny_llama_dir, tmp_path, text_file, mon
 
 
 def test_the_card_snippet_runs_without_a_prompt(converted):
-    from conftest import HIDE_PACKAGE
-
     from hf_ropeid.model_card import write_model_card
+
+    from conftest import HIDE_PACKAGE
 
     write_model_card(converted, repo_id=str(converted))
     card = (converted / "README.md").read_text()

@@ -19,7 +19,6 @@ from ..parameters import ROPE_ID_OPTION_KEYS
 from ..training import ARGUMENT_GROUPS, FinetuneArguments, train
 from . import options as opts
 
-
 # Accepted values of string options, shown in --help
 _ACCEPTED = {"channel_selection": f" Accepted: {' | '.join(CHANNEL_SELECTIONS)}."}
 
