@@ -279,8 +279,11 @@ def test_environment_errors_are_mapped_in_one_place():
 
     wrapped = RuntimeError("while saving")
     wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device", "/data/x")
-    assert environment_message(wrapped) == "/data/x cannot be written: no space left on the device; free some space or write elsewhere."
-    assert environment_message(PermissionError(errno.EACCES, "Permission denied", "/x")).startswith("/x is not writable")
+    assert environment_message(wrapped) == (
+        "/data/x cannot be written: no space left on the device; free some space or write elsewhere."
+    )
+    denied = environment_message(PermissionError(errno.EACCES, "Permission denied", "/x"))
+    assert denied.startswith("/x cannot be accessed (permission denied)")
     assert environment_message(ConnectionRefusedError(111, "refused")).startswith("could not reach the network")
     assert environment_message(ValueError("a bug")) is None
 

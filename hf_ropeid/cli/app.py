@@ -72,7 +72,7 @@ class Terminated(BaseException):
 # errno -> what went wrong, what to do
 _OS_ERRORS = {
     errno.EROFS: ("is on a read-only file system", "choose an output folder on a writable disk"),
-    errno.EACCES: ("is not writable (permission denied)", "choose another folder or fix its permissions"),
+    errno.EACCES: ("cannot be accessed (permission denied)", "choose another folder or fix its permissions"),
     errno.EPERM: ("is not permitted (operation not permitted)", "choose another folder or fix its permissions"),
     errno.ENOSPC: ("cannot be written: no space left on the device", "free some space or write elsewhere"),
     errno.EDQUOT: ("cannot be written: disk quota exceeded", "free some space or write elsewhere"),
