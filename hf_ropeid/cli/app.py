@@ -82,7 +82,7 @@ _CONNECTION_ERROR_NAMES = {"ConnectError", "ConnectTimeout", "ConnectionError", 
 
 def _is_connection_error(error: BaseException) -> bool:
     if isinstance(error, ConnectionError):  # huggingface_hub's OfflineModeIsEnabled too
-        return True
+        return not isinstance(error, BrokenPipeError)  # a closed stdout (`| head`) is not the network
     return any(
         cls.__name__ in _CONNECTION_ERROR_NAMES and cls.__module__.split(".")[0] in ("httpx", "httpx2", "requests",
                                                                                       "urllib3", "huggingface_hub")
