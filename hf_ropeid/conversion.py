@@ -38,12 +38,13 @@ from typing import Any
 
 import torch
 
+from .assets import PROVENANCE_FILE
 from .atomic import atomic_directory, check_target, write_json_atomic
 from .configuration_rope_id import RopeIDConfig
 from .errors import HfRopeIDError
 from .parameters import ROPE_ID_OPTION_KEYS, parse_auto_turns
 from .rope_id import RopeIDParameterError, original_inv_freq
-from .utils import DTYPES, SAFETENSORS_DTYPES, head_dim_of, say
+from .utils import DTYPES, SAFETENSORS_DTYPES, head_dim_of, say, sha256_file
 
 CHANNEL_SELECTIONS = ("frequency", "calibrated")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -153,6 +154,9 @@ def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfi
         "rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"])
     )
     params.setdefault("training_length", source_config.max_position_embeddings)
+    length = params["training_length"]
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or int(length) != length or length < 2:
+        raise RopeIDParameterError(f"training_length must be a whole number of tokens, at least 2, got {length!r}.")
     if isinstance(params["rotary_fraction"], str):
         params["rotary_fraction"] = auto_rotary_fraction(
             head_dim_of(source_config),
@@ -465,6 +469,66 @@ def check_weights(config: Any, headers: Mapping[str, tuple[str, tuple[int, ...],
         raise ConversionError("The weights do not match config.json: " + " | ".join(problems) + ".")
 
 
+def check_finite(files: Sequence[Path]) -> None:
+    """Reads every floating-point tensor of ``files``; a NaN or infinite value is a ConversionError naming the tensor.
+
+    Run on the source before anything is written (also with ``verify=False``): a corrupted source
+    must not become a converted checkpoint.
+    """
+    from safetensors import safe_open
+
+    bad = []
+    for file in files:
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad.append(f"{name} ({file.name}: {int((~torch.isfinite(tensor)).sum())} NaN/Inf values)")
+    if bad:
+        raise ConversionError(
+            f"The source weights contain NaN or infinite values: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. "
+            "The checkpoint is corrupted; download or copy it again. Nothing was written."
+        )
+
+
+def file_hashes(folder: Path, names: Sequence[str]) -> dict[str, str]:
+    """``{name: sha256}`` of the named files of ``folder``."""
+    return {name: sha256_file(folder / name) for name in names}
+
+
+def _weight_and_config_names(folder: Path) -> list[str]:
+    names = sorted(p.name for p in folder.glob("*.safetensors"))
+    if (folder / SAFE_INDEX).is_file():
+        names.append(SAFE_INDEX)
+    return names + ["config.json"]
+
+
+def up_to_date(target: Path, settings: Mapping[str, Any], source_files: Mapping[str, str], verify: bool) -> bool:
+    """Whether ``target`` is this converter's output of the same source and settings, intact and (if asked) verified."""
+    try:
+        recorded = json.loads((target / "conversion.json").read_text())
+        if recorded.get("settings") != json.loads(json.dumps(dict(settings), default=str)):
+            return False
+        if recorded.get("source_files") != dict(source_files):
+            return False
+        if file_hashes(target, list(recorded["files"])) != recorded["files"]:
+            return False
+        if verify:
+            report = json.loads((target / "verification.json").read_text())
+            return report.get("problems") == []
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def source_provenance(source: Path) -> dict[str, Any] | None:
+    """What the source folder says about where its weights came from (``PROVENANCE_FILE``, written by assets)."""
+    try:
+        return json.loads((source / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def check_target_folder(source: Path, target: Path, force: bool) -> None:
     """The target may be written: outside the source, a folder (or nothing), empty unless ``force``."""
     source_real, target_real = source.resolve(), target.resolve()
@@ -560,10 +624,32 @@ def convert_checkpoint(
         raise ConversionError(
             f"Unknown channel_selection {channel_selection!r}; accepted: {', '.join(CHANNEL_SELECTIONS)}."
         )
+    _check_max_shard_size(max_shard_size)
+    for option, path in (("calibration_text", calibration_text), ("verify_text", verify_text if verify else None)):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ConversionError(f"The {option.replace('_', '-')} file {path} does not exist (or is not a file).")
     files = weight_files(source)
     headers = read_weight_headers(files)
     check_weights(source_config, headers)
+    settings = {
+        "channel_selection": channel_selection,
+        "requested_parameters": {k: v for k, v in rope_id_parameters.items() if v is not None},
+        "calibration_text": str(Path(calibration_text).resolve()) if calibration_text else None,
+        "calibration_tokens": calibration_tokens if channel_selection == "calibrated" else None,
+        "dtype": dtype,
+        "max_shard_size": max_shard_size,
+        "base_model": base_model,
+        "license": license,
+    }
+    if target.is_dir() and not force and (target / "conversion.json").is_file():
+        say(f"checking whether {target} is already this conversion ...")
+        source_files = file_hashes(source, _weight_and_config_names(source))
+        if up_to_date(target, settings, source_files, verify):
+            say(f"already converted{' and verified' if verify else ''}: {target}; pass --force to redo")
+            return target
     check_target_folder(source, target, force)
+    check_finite(files)  # before anything is written, with or without verification
+    source_files = file_hashes(source, _weight_and_config_names(source))
     stored = Counter(h[0] for h in headers.values()).most_common(1)[0][0]
     source_dtype = SAFETENSORS_DTYPES.get(stored, str(config.dtype))
     out_dtype = dtype or source_dtype
@@ -584,26 +670,41 @@ def convert_checkpoint(
         "dtype": out_dtype,
         "calibration": calibration,
         "permutations": permutations.tolist() if permutations is not None else None,
+        "source_provenance": source_provenance(source),
+        "settings": json.loads(json.dumps(settings, default=str)),
+        "source_files": source_files,
     }
+    text = (Path(verify_text).expanduser() if verify_text else _default_text("hamlet")) if verify else None
     with atomic_directory(target, force=force) as staging:
         say(f"writing {target} ...")
         _write_weights(files, staging, permutations, config, cast, max_shard_size)
         _write_config_and_code(staging, config, out_dtype)
         _copy_source_files(source, staging)
+        conversion["files"] = file_hashes(staging, _weight_and_config_names(staging))
         write_json_atomic(staging / "conversion.json", conversion)
         verification = None
         if verify:
             from .verification import verify_checkpoint
 
-            verification = verify_checkpoint(
-                staging,
-                source=source,
-                text=Path(verify_text) if verify_text else _default_text("hamlet"),
-                lengths=verify_lengths,
-            )
+            verification = verify_checkpoint(staging, source=source, text=text, lengths=verify_lengths, label=target)
         model_card.write_model_card(staging, conversion, verification, repo_id=repo_id)
     say(f"done: {target}")
     return target
+
+
+def _check_max_shard_size(max_shard_size: int | str | None) -> None:
+    if max_shard_size is None or isinstance(max_shard_size, int) and max_shard_size > 0:
+        return
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    try:
+        if parse_size_to_int(str(max_shard_size)) > 0:
+            return
+    except ValueError:
+        pass
+    raise ConversionError(
+        f"max_shard_size must be a size such as 2GB, 500MB or a number of bytes, got {max_shard_size!r}."
+    )
 
 
 def _calibrate(source: Path, config: RopeIDConfig, calibration_text, calibration_tokens: int):
@@ -621,6 +722,7 @@ def _calibrate(source: Path, config: RopeIDConfig, calibration_text, calibration
 def _write_config_and_code(staging: Path, config: RopeIDConfig, dtype: str) -> None:
     from .modeling_rope_id import AUTO_MAP
 
+    config.__dict__.pop("_model_name_or_path", None)  # GGUF metadata carried over by the source; names nothing
     config.architectures = ["LlamaRopeIDForCausalLM"]
     config.auto_map = dict(AUTO_MAP)
     config.dtype = dtype
@@ -633,6 +735,16 @@ def _copy_source_files(source: Path, staging: Path) -> None:
     for name in COPIED_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, staging / name)
+    tokenizer_config = staging / "tokenizer_config.json"
+    if tokenizer_config.is_file() and (staging / "tokenizer.json").is_file():
+        # AutoTokenizer must not derive the class from model_type 'llama_rope_id' (which it does not know)
+        try:
+            values = json.loads(tokenizer_config.read_text())
+        except ValueError:
+            values = {"tokenizer_class": "left as it is"}
+        if not values.get("tokenizer_class"):
+            values["tokenizer_class"] = "PreTrainedTokenizerFast"
+            tokenizer_config.write_text(json.dumps(values, indent=2) + "\n")
     for pattern in COPIED_PATTERNS:
         for path in source.glob(pattern):
             if path.is_file():

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
 from .errors import HfRopeIDError
 from .model_card import FINETUNING_RECORD, write_finetuned_model_card, write_model_card
 
@@ -51,22 +52,50 @@ def push_to_hub(
 
     A folder written by the converter (conversion.json) or by ``hf-ropeid merge`` from a RoPE-ID base
     (finetuning.json) gets its README.md re-rendered first, so the card's usage snippet names ``repo_id``.
+    The repo id is validated before that, and if the upload fails (offline, refused, interrupted) the
+    local README.md is put back byte for byte: only a successful push changes it.
     ``revision``: a branch, created if missing; ``create_pr``: open a pull request against the default
     branch instead of committing to it.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HFValidationError
 
     folder = Path(folder)
     check_pushable(folder)
+    check_repo_id(repo_id)
     if create_pr and revision not in (None, "main"):
         raise HubError("create_pr opens a pull request against the default branch; do not combine it with a revision.")
-    if (folder / "conversion.json").is_file():
-        write_model_card(folder, repo_id=repo_id)
-    elif (folder / FINETUNING_RECORD).is_file() and _is_rope_id(folder):
-        write_finetuned_model_card(folder, repo_id=repo_id)
+    card = folder / "README.md"
+    original_card = card.read_bytes()
     api = api if api is not None else HfApi(token=token)
     message = commit_message or f"Upload {folder.name} (RoPE-ID conversion by hf-ropeid)"
+    pushed = False
+    try:
+        if (folder / "conversion.json").is_file():
+            write_model_card(folder, repo_id=repo_id)
+        elif (folder / FINETUNING_RECORD).is_file() and _is_rope_id(folder):
+            write_finetuned_model_card(folder, repo_id=repo_id)
+        commit = _upload(api, folder, repo_id, private, revision, message, create_pr)
+        pushed = True
+    finally:
+        if not pushed and card.read_bytes() != original_card:
+            write_text_atomic(card, original_card)  # nothing was uploaded: the local card stays as it was
+    return getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Raises HubError unless ``repo_id`` is a valid Hub model id (``name`` or ``namespace/name``)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo id ({error}); use e.g. your-name/model-name.") from None
+
+
+def _upload(api: Any, folder: Path, repo_id: str, private: bool, revision, message: str, create_pr: bool):
+    from huggingface_hub.errors import HFValidationError
+
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision not in (None, "main") and not create_pr:
@@ -82,4 +111,4 @@ def push_to_hub(
         )
     except (OSError, HFValidationError) as error:  # offline, no token, HTTP errors, bad repo id
         raise HubError(f"Pushing {folder} to {repo_id} failed: {type(error).__name__}: {error}") from error
-    return getattr(commit, "pr_url", None) or getattr(commit, "commit_url", None) or str(commit)
+    return commit

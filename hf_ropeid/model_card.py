@@ -104,6 +104,7 @@ def render_model_card(
     extra_rows: Mapping[str, Any] | None = None,
     tags: tuple[str, ...] = TAGS,
     template: str | os.PathLike = DEFAULT_TEMPLATE,
+    provenance: str | None = None,
 ) -> str:
     """The README.md text: YAML metadata, description, usage with trust_remote_code, parameters, evaluation.
 
@@ -132,6 +133,7 @@ def render_model_card(
         positions=describe_positions(rope_parameters, head_dim),
         conversion_rows=[(k, _cell(v)) for k, v in rows.items()],
         eval_table=eval_table,
+        provenance=provenance,
     )
     return str(card).rstrip("\n") + "\n"
 
@@ -171,8 +173,18 @@ def write_model_card(
         repo_id=repo_id,
         eval_table=perplexity_table(verification),
         extra_rows=extra,
+        provenance=describe_provenance(conversion.get("source_provenance")),
     )
     return write_text_atomic(folder / "README.md", text)
+
+
+def describe_provenance(provenance: Mapping[str, Any] | None) -> str | None:
+    """One sentence on where the source weights came from (e.g. dequantised from a 4-bit GGUF), if recorded."""
+    if not provenance:
+        return None
+    if provenance.get("description"):
+        return str(provenance["description"])
+    return ", ".join(f"{k}: {v}" for k, v in provenance.items())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ layer's (``rope_id.py``), re-exported for the tools."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sys
-from typing import Any
 
 import torch
 
@@ -19,3 +20,12 @@ SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 def say(message: str) -> None:
     """A progress line on stderr (stdout is kept for results)."""
     print(f"[hf-ropeid] {message}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,24 @@ except ImportError:
 DEFAULT_LENGTHS = (256, 1024, 2048)
 
 _BOOTSTRAP = r"""
-import importlib.abc, runpy, sys
+import importlib.abc, os, runpy, signal, sys, threading, time
+
+# The child dies with its parent: Ctrl-C and SIGTERM end it quietly (the parent reports), and if the
+# parent disappears (even SIGKILL) it exits instead of running on as an orphan.
+signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+_parent = int(os.environ.get("HF_ROPEID_VERIFY_PARENT", "0"))
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+except Exception:
+    pass
+def _watch_parent():
+    while True:
+        if _parent and os.getppid() != _parent:
+            os._exit(143)
+        time.sleep(0.5)
+threading.Thread(target=_watch_parent, daemon=True).start()
 
 class _HideHfRopeid(importlib.abc.MetaPathFinder):
     # A user who only downloaded the checkpoint has no hf_ropeid: the remote code must suffice.
@@ -107,11 +125,18 @@ def verify_checkpoint(
     text: str | os.PathLike | None = None,
     lengths: Sequence[int] = DEFAULT_LENGTHS,
     max_tokens_per_length: int | None = None,
+    label: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Runs the checks in a fresh process without hf_ropeid; writes and returns ``verification.json``.
 
     ``source``: the original checkpoint, for a perplexity comparison. ``text``: a text file for
-    perplexity (none: no perplexity). Raises VerificationError listing every problem.
+    perplexity (none: no perplexity). ``label``: what the progress line calls the folder (the
+    converter names the target, not its temporary staging folder). Raises VerificationError
+    listing every problem.
+
+    The child runs in its own session (a terminal's Ctrl-C reaches only this process), dies with
+    this process, and is killed and reaped when this process is interrupted (KeyboardInterrupt,
+    SIGTERM turned into an exception) before the temporary folder is removed.
     """
     folder = Path(folder)
     request = {
@@ -121,7 +146,8 @@ def verify_checkpoint(
         "lengths": [int(n) for n in lengths],
         "max_tokens_per_length": int(max_tokens_per_length or max(lengths)),
     }
-    with tempfile.TemporaryDirectory(prefix="hf-ropeid-verify-") as tmp:
+    _remove_stale_temp_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         report_file = Path(tmp) / "report.json"
         request["report"] = str(report_file)
         env = {
@@ -129,20 +155,80 @@ def verify_checkpoint(
             "HF_MODULES_CACHE": str(Path(tmp) / "modules"),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
+            "HF_ROPEID_VERIFY_PARENT": str(os.getpid()),
         }
-        print(f"[hf-ropeid] verifying {folder} in a fresh process without hf_ropeid ...", file=sys.stderr, flush=True)
-        result = subprocess.run(
+        print(
+            f"[hf-ropeid] verifying {label or folder} in a fresh process without hf_ropeid ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        returncode = _run_child(
             [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve()), json.dumps(request)], env=env, cwd=tmp
         )
-        if result.returncode != 0 or not report_file.is_file():
-            raise VerificationError(
-                f"The verification process failed (exit code {result.returncode}); its output is above."
-            )
+        if returncode != 0 or not report_file.is_file():
+            raise VerificationError(f"The verification process failed (exit code {returncode}); its output is above.")
         report = json.loads(report_file.read_text())
     (folder / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
     if report["problems"]:
         raise VerificationError(f"{folder} failed verification:\n- " + "\n- ".join(report["problems"]))
     return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What a verification found, in a few lines for the terminal (``hf-ropeid convert`` ends with them)."""
+    lines = [f"verification: {'passed' if not report.get('problems') else 'FAILED'} "
+             f"({report.get('tensors_checked', 0)} tensors checked, loaded without hf-ropeid)"]
+    if "generation_max_logit_difference" in report:
+        lines.append(
+            "generation check: cached greedy decoding matches a full forward pass "
+            f"(max logit difference {report['generation_max_logit_difference']:.2g})"
+        )
+    perplexity = report.get("perplexity") or {}
+    converted, source = perplexity.get("converted") or {}, perplexity.get("source") or {}
+    if converted:
+        lines.append("perplexity    tokens  " + "  ".join(f"{int(n):>8}" for n in converted))
+        for name, values in (("source", source), ("converted", converted)):
+            if values:
+                cells = [f"{v['perplexity']:>8.2f}" if v else f"{'-':>8}" for v in (values.get(k) for k in converted)]
+                lines.append(f"  {name:<19}  " + "  ".join(cells))
+        text = report.get("text") or {}
+        lines.append(
+            f"note: the verification text is short ({text.get('tokens_used', '?')} tokens of {text.get('file', '?')}), "
+            "so these numbers differ from the benchmark tables (benchmarks/RESULTS.md), which use more text."
+        )
+    return lines
+
+
+TEMP_PREFIX = "hf-ropeid-verify-"
+
+
+def _run_child(command: list[str], **kwargs: Any) -> int:
+    """Runs the verification child; on any exception here (Ctrl-C, SIGTERM) it is killed and reaped first."""
+    child = subprocess.Popen(command, start_new_session=True, **kwargs)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _remove_stale_temp_folders() -> None:
+    """``hf-ropeid-verify-PID-*`` temp folders whose process is gone (left by SIGKILL) are removed."""
+    for path in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = path.name[len(TEMP_PREFIX) :].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------------------------

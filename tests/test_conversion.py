@@ -516,9 +516,11 @@ def test_convert_command_options_old_spellings_and_exit_2_errors(tiny_llama_dir,
     assert result.exit_code == 0, result.output
     rope = json.loads((target / "config.json").read_text())["rope_parameters"]
     assert (rope["spectrum"], rope["rotary_fraction"], rope["training_length"]) == ("rope_id", 0.5, 96)
-    again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "error: " in again.output and "not empty; pass --force" in again.output
-    assert "Traceback" not in again.output
+    again = runner.invoke(app, args)  # the same conversion again: recognised, nothing rewritten
+    assert again.exit_code == 0 and "already converted: " in again.output
+    other = runner.invoke(app, [*args[:-1], "112"])  # other settings: the target is not replaced without --force
+    assert other.exit_code == 2 and "error: " in other.output and "not empty; pass --force" in other.output
+    assert "Traceback" not in other.output
     old_spelling = runner.invoke(app, [*args[:-2], "--train-length", "96", "--turns", "2.5", "--force"])  # hidden aliases
     assert old_spelling.exit_code == 0, old_spelling.output
     rope = json.loads((target / "config.json").read_text())["rope_parameters"]

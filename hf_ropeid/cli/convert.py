@@ -86,5 +86,11 @@ def convert_command(
         **rope_id_parameters,
     )
     typer.echo(str(result))
+    if verify and (result / "verification.json").is_file():
+        import json
+
+        from ..verification import summary_lines
+
+        typer.echo("\n".join(summary_lines(json.loads((result / "verification.json").read_text()))))
     if push_to_hub:
         typer.echo(push(result, push_to_hub, **options))

@@ -14,9 +14,13 @@ from typing import Any
 
 import typer
 
+from ..conversion import CHANNEL_SELECTIONS
 from ..parameters import ROPE_ID_OPTION_KEYS
 from ..training import ARGUMENT_GROUPS, FinetuneArguments, train
 from . import options as opts
+
+# Accepted values of string options, shown in --help
+_ACCEPTED = {"channel_selection": f" Accepted: {' | '.join(CHANNEL_SELECTIONS)}."}
 
 
 def _field_options() -> list[inspect.Parameter]:
@@ -33,10 +37,9 @@ def _field_options() -> list[inspect.Parameter]:
                 default = f.default_factory() or None  # typer shows an empty list as "None"
             else:
                 default = ...  # required
+            help_text = f.metadata["help"] + _ACCEPTED.get(f.name, "")
             parameters.append(
-                opts.option(
-                    f.name, hints[f.name], default, help=f.metadata["help"], show_default=default not in (None, ...)
-                )
+                opts.option(f.name, hints[f.name], default, help=help_text, show_default=default not in (None, ...))
             )
     return parameters
 

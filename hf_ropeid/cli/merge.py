@@ -23,7 +23,14 @@ def merge_command(
     force: Annotated[
         bool, typer.Option(help="Replace a non-empty output folder (the old one stays until the new one is complete).")
     ] = False,
-    base_model: Annotated[str | None, typer.Option(help="Hub id of the source model, for the model card.")] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--card-base-model",
+            help="Hub id the model card names as base_model (metadata only; --base is the model merged into).",
+        ),
+    ] = None,
+    base_model_alias: Annotated[str | None, typer.Option("--base-model", hidden=True)] = None,
     license: Annotated[str | None, typer.Option(help="License for the model card.")] = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Push the merged folder to this Hub repo (org/name).")] = None,
     **push: Any,
@@ -31,6 +38,12 @@ def merge_command(
     """Merge a LoRA adapter into its base: a full checkpoint with remote code and a model card; optionally push it."""
     from ..hub import push_to_hub as push_folder
     from ..merge import merge_adapter
+    from .options import OptionError
+
+    if base_model_alias is not None:  # the old, confusable spelling
+        if base_model is not None and base_model != base_model_alias:
+            raise OptionError("--base-model is the old name of --card-base-model; give one of them.")
+        base_model = base_model_alias
 
     folder = merge_adapter(
         adapter,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,6 +201,12 @@ def load_model_and_tokenizer(model: str, device: str = "auto", dtype: str = "aut
         torch_dtype = DTYPES[dtype]
     else:
         raise EvaluationError(f"Unknown dtype {dtype!r}; accepted: auto, {', '.join(DTYPES)}.")
+    path = Path(model).expanduser()
+    looks_like_path = str(model).startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(model))
+    if not path.exists() and looks_like_path:
+        raise EvaluationError(f"The model folder {model} does not exist (and it is not a Hub id like 'org/name').")
+    if path.exists() and not path.is_dir():
+        raise EvaluationError(f"{model} is a file; give a model folder (config.json + weights) or a Hub id.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
         loaded = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True, dtype=torch_dtype)
