@@ -26,7 +26,7 @@ import torch
 
 ROPE_TYPE = "rope_id"
 SPECTRA = ("rope_id", "original", "minimal")
-TEMPERATURES = ("query_log", "length_log", "none")
+TEMPERATURES = ("query_log", "length_log", "floor_log", "none")
 FAR_FIELDS = ("none", "log_count")
 
 # Keys of ``rope_parameters`` for ``rope_type == "rope_id"``. These names are a public format:
@@ -67,8 +67,11 @@ class RopeIDParameters:
             re-spaced geometrically down to the slowest allowed frequency).
         temperature: "query_log" (queries at 1-based position ``p`` are multiplied by
             ``(1 + c * ln(max(p, L) / L))**2``, YaRN's factor with ``s = p / L``), "length_log"
-            (``ln(max(p, L)) / ln(L)``), or "none". Both are exactly 1 inside ``L``.
-        temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN).
+            (``ln(max(p, L)) / ln(L)``), "floor_log" (queries at 0-based position ``i`` are multiplied by
+            ``1 + c * ln(1 + floor(i / L))``, llama.cpp's Llama-4 temperature, so a GGUF export is exact at
+            every length), or "none". All are exactly 1 inside ``L``.
+        temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN) and of "floor_log" (0.1 is Llama 4's
+            value; 0.2 follows query_log's c = 0.1 at long lengths, where ``(1 + c ln s)**2 ~ 1 + 2c ln s``).
         rotary_window: None (the paper: every key is scored on all channels) or a whole number of
             tokens ``W``: a key ``W`` or more tokens before the query is scored by the unrotated pairs
             only (the rotated pairs' part of its logit is dropped). Far keys then carry no phase at
@@ -348,6 +351,10 @@ def query_temperature(
         scale = (1 + coefficient * torch.log(torch.clamp(p, min=length) / length)) ** 2
     elif temperature == "length_log":
         scale = torch.log(torch.clamp(p, min=length)) / math.log(length)
+    elif temperature == "floor_log":
+        # llama.cpp's attention temperature (llm_graph_input_attn_temp, archs llama4 / mistral3) with offset 0
+        # and floor scale L: constant on each block of L positions, 1 on the first.
+        scale = 1 + coefficient * torch.log1p(torch.floor((p - 1) / length))
     else:
         raise RopeIDParameterError(f"Unknown temperature {temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
     return scale.to(torch.float32)
