@@ -246,3 +246,33 @@ def test_errors_are_clear_and_leave_nothing_behind(tmp_path):
     with pytest.raises(Exception):
         export_gguf(broken, tmp_path / "b.gguf")
     assert list(tmp_path.glob("b.gguf*")) == []
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_exported_smollm2_like_transformers(tmp_path):
+    """The real runtime: llama.cpp (llama-cpp-python) on the converted SmolLM2, L = 256, 3L tokens."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from hf_ropeid.assets import shakespeare_texts, smollm2_checkpoint
+    from hf_ropeid.conversion import convert_checkpoint
+
+    source = smollm2_checkpoint("float32")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    text = shakespeare_texts()["hamlet"].read_text(encoding="utf-8", errors="replace")
+    ids = tokenizer(text[:8000], add_special_tokens=False)["input_ids"][: 3 * 256]
+    for temperature, exact_beyond in (("floor_log", True), ("query_log", False)):
+        folder = convert_checkpoint(source, tmp_path / temperature, verify=False, training_length=256, temperature=temperature)
+        summary = export_gguf(folder, tmp_path / f"{temperature}.gguf")
+        assert summary["tokenizer"]["pre"] == "smollm" and summary["tokenizer"]["chat_template"]
+        llm = llama_cpp.Llama(model_path=str(tmp_path / f"{temperature}.gguf"), n_ctx=len(ids), logits_all=True, n_threads=2, verbose=False)
+        llm.eval(ids)
+        theirs = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        llm.close()
+        ours = transformers_logits(folder, ids)
+        delta, agree = np.abs(theirs - ours).max(-1), theirs.argmax(-1) == ours.argmax(-1)
+        assert delta[:256].max() < 0.25 and agree[:256].mean() > 0.98, (temperature, delta[:256].max(), agree[:256].mean())
+        if exact_beyond:
+            assert delta[256:].max() < 0.25 and agree[256:].mean() > 0.98, (delta[256:].max(), agree[256:].mean())
+        else:
+            assert delta[512:].max() > 0.25  # no query_log temperature in llama.cpp, as the summary says
