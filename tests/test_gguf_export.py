@@ -200,6 +200,13 @@ def test_plain_llama_and_bfloat16_folders(tmp_path):
     assert "rope_freqs.weight" not in {t.name for t in reader.tensors} and summary["exact_up_to"] is None
     ids = list(range(0, 256, 4))  # L tokens: the merged model has the query_log temperature beyond L
     np.testing.assert_allclose(llama_cpp_forward(tmp_path / "plain.gguf", ids), transformers_logits(plain, ids), atol=2e-4, rtol=0)
+    assert "at every length" in describe_summary(summary)
+    # A stock LlamaForCausalLM with rope_type rope_id: the spectrum, no temperature (stock attention), exact beyond L.
+    stock = save_folder(tiny_llama(rope_parameters={"rope_type": "rope_id", "rope_theta": 10_000.0, **ROPE_ID}), tmp_path / "stock")
+    summary = export_gguf(stock, tmp_path / "stock.gguf")
+    assert summary["architecture"] == "llama" and summary["temperature"] == "none" and summary["exact_up_to"] is None
+    long_ids = torch.randint(0, 256, (3 * L,), generator=torch.Generator().manual_seed(3)).tolist()
+    np.testing.assert_allclose(llama_cpp_forward(tmp_path / "stock.gguf", long_ids), transformers_logits(stock, long_ids), atol=2e-4, rtol=0)
     # A merged or bf16 folder: weights are widened to float32 on export, so the logits match exactly.
     merged = converted_folder(tmp_path, "merged", dtype=torch.bfloat16)
     export_gguf(merged, tmp_path / "merged.gguf")
