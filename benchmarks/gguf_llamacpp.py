@@ -35,10 +35,15 @@ PROMPT = "What is the capital of France? Answer in one sentence."
 COMPLETION_PROMPT = "The three most important rules for writing clear code are"
 
 
-def llama_cpp_logits(gguf_path: Path, ids: list[int], threads: int) -> np.ndarray:
+KV_CACHE_TYPES = {"f16": 1, "f32": 0}  # GGML_TYPE_F16 (llama.cpp's default), GGML_TYPE_F32
+
+
+def llama_cpp_logits(gguf_path: Path, ids: list[int], threads: int, kv_cache: str) -> np.ndarray:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf_path), n_ctx=len(ids), n_batch=512, n_threads=threads, logits_all=True, verbose=False)
+    kv_type = KV_CACHE_TYPES[kv_cache]
+    llm = Llama(model_path=str(gguf_path), n_ctx=len(ids), n_batch=512, n_threads=threads, logits_all=True,
+                type_k=kv_type, type_v=kv_type, verbose=False)
     llm.eval(ids)
     logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
     llm.close()
@@ -105,21 +110,24 @@ def markdown(results: dict) -> str:
         f"Command: `{results['command']}`. llama-cpp-python {results['llama_cpp_version']}, f32 GGUF, {results['tokens']} tokens "
         f"of Hamlet, next-token logits at every position. {results['machine']}.",
         "",
-        "| variant | GGUF arch | positions < L: max abs Δ | top-1 agree | positions >= L: max abs Δ | top-1 agree |",
-        "|---|---|---|---|---|---|",
+        "| variant | GGUF arch | llama.cpp KV cache | positions < L: max abs Δ | top-1 agree | positions >= L: max abs Δ | top-1 agree |",
+        "|---|---|---|---|---|---|---|",
     ]
+    cell = lambda part, key, fmt: format(part[key], fmt) if part else "-"  # noqa: E731
     for name, row in results["variants"].items():
-        inside, beyond = row["compare"].get("inside_L", {}), row["compare"].get("beyond_L", {})
-        cell = lambda part, key, fmt: format(part[key], fmt) if part else "-"  # noqa: E731
-        lines.append(
-            f"| {name} | {row['summary']['architecture']} | {cell(inside, 'max_abs_delta', '.4f')} | "
-            f"{cell(inside, 'top1_agreement', '.2%')} | {cell(beyond, 'max_abs_delta', '.4f')} | {cell(beyond, 'top1_agreement', '.2%')} |"
-        )
-    lines += ["", "Max |Δlogit| at chosen positions:", "", "| variant | " + " | ".join(results["positions_checked"]) + " |",
-              "|---|" + "---|" * len(results["positions_checked"])]
+        for kv_cache, compared in row["compare"].items():
+            inside, beyond = compared.get("inside_L", {}), compared.get("beyond_L", {})
+            lines.append(
+                f"| {name} | {row['summary']['architecture']} | {kv_cache} | {cell(inside, 'max_abs_delta', '.4f')} | "
+                f"{cell(inside, 'top1_agreement', '.2%')} | {cell(beyond, 'max_abs_delta', '.4f')} | {cell(beyond, 'top1_agreement', '.2%')} |"
+            )
+    lines += ["", "Max |Δlogit| at chosen positions (0-based):", "",
+              "| variant | KV cache | " + " | ".join(results["positions_checked"]) + " |",
+              "|---|---|" + "---|" * len(results["positions_checked"])]
     for name, row in results["variants"].items():
-        at = row["compare"]["at_positions"]
-        lines.append(f"| {name} | " + " | ".join(f"{at[p]:.4f}" for p in results["positions_checked"]) + " |")
+        for kv_cache, compared in row["compare"].items():
+            at = compared["at_positions"]
+            lines.append(f"| {name} | {kv_cache} | " + " | ".join(f"{at[p]:.4f}" for p in results["positions_checked"]) + " |")
     for name, row in results["variants"].items():
         if row["summary"]["differences"]:
             lines += ["", f"Export note for {name}: " + " ".join(row["summary"]["differences"])]
@@ -140,6 +148,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=3072, help="tokens of Hamlet compared (3L by default)")
     parser.add_argument("--variants", nargs="+", default=["source", "query_log", "floor_log"])
     parser.add_argument("--floor-log-coefficient", type=float, default=0.2, help="beta of floor_log (0.2 ~ query_log's 0.1 far out)")
+    parser.add_argument("--kv-cache", nargs="+", default=["f16", "f32"], choices=list(KV_CACHE_TYPES),
+                        help="llama.cpp KV cache types to compare (f16 is llama.cpp's default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -165,7 +175,7 @@ def main() -> None:
     results = {
         "command": "python benchmarks/gguf_llamacpp.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k in ("training_length", "tokens", "variants")),
+            for k, v in vars(args).items() if k in ("training_length", "tokens", "variants", "kv_cache")),
         "llama_cpp_version": llama_cpp.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
         "training_length": length,
@@ -185,12 +195,15 @@ def main() -> None:
         summary = export_gguf(folder, gguf_path, dtype="f32")
         print(describe_summary(summary), flush=True)
         reference = transformers_logits(folder, ids)
-        other = llama_cpp_logits(gguf_path, ids, args.threads)
-        row = {"summary": summary, "compare": compare(reference, other, length if variant != "source" else len(ids), positions)}
+        row = {"summary": summary, "compare": {}}
+        for kv_cache in args.kv_cache:
+            other = llama_cpp_logits(gguf_path, ids, args.threads, kv_cache)
+            row["compare"][kv_cache] = compare(reference, other, length if variant != "source" else len(ids), positions)
+            del other
         row["seconds"] = time.perf_counter() - start
         results["variants"][variant] = row
         print(variant, json.dumps(row["compare"], indent=1), flush=True)
-        del reference, other
+        del reference
     generation_variant = next((v for v in ("floor_log", "query_log", "source") if v in args.variants), None)
     if generation_variant:
         folder = source if generation_variant == "source" else workdir / f"converted-{generation_variant}"
