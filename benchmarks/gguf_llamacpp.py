@@ -65,7 +65,7 @@ def compare(reference: np.ndarray, other: np.ndarray, length: int, positions: li
     for name, part in (("inside_L", slice(0, length)), ("beyond_L", slice(length, None))):
         if len(delta[part]):
             out[name] = {
-                "positions": int(len(delta[part])),
+                "positions": len(delta[part]),
                 "max_abs_delta": float(delta[part].max()),
                 "mean_max_abs_delta": float(delta[part].mean()),
                 "top1_agreement": float(agree[part].mean()),
@@ -107,13 +107,15 @@ def markdown(results: dict) -> str:
     lines = [
         f"# llama.cpp vs transformers on exported SmolLM2-135M-Instruct (L = {length})",
         "",
-        f"Command: `{results['command']}`. llama-cpp-python {results['llama_cpp_version']}, f32 GGUF, {results['tokens']} tokens "
-        f"of Hamlet, next-token logits at every position. {results['machine']}.",
+        (
+            f"Command: `{results['command']}`. llama-cpp-python {results['llama_cpp_version']}, f32 GGUF, {results['tokens']} tokens "
+            f"of Hamlet, next-token logits at every position. {results['machine']}."
+        ),
         "",
         "| variant | GGUF arch | llama.cpp KV cache | positions < L: max abs Δ | top-1 agree | positions >= L: max abs Δ | top-1 agree |",
         "|---|---|---|---|---|---|---|",
     ]
-    cell = lambda part, key, fmt: format(part[key], fmt) if part else "-"  # noqa: E731
+    cell = lambda part, key, fmt: format(part[key], fmt) if part else "-"
     for name, row in results["variants"].items():
         for kv_cache, compared in row["compare"].items():
             inside, beyond = compared.get("inside_L", {}), compared.get("beyond_L", {})

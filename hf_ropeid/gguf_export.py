@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .rope_id import ROPE_TYPE, RopeIDParameterError, RopeIDParameters, head_dim_of, inv_freq
+from .rope_id import (
+    ROPE_TYPE,
+    RopeIDParameterError,
+    RopeIDParameters,
+    head_dim_of,
+    inv_freq,
+)
 
 DTYPES = ("f32", "f16", "q8_0")
 SUPPORTED_MODEL_TYPES = {"llama": "LlamaForCausalLM", "llama_rope_id": "LlamaRopeIDForCausalLM"}
@@ -95,7 +101,6 @@ def rope_plan(config: Any, model_type: str) -> dict[str, Any]:
     """
     rope = dict(config.rope_parameters or {})
     rope_type = rope.get("rope_type", "default")
-    head_dim = head_dim_of(config)
     plan: dict[str, Any] = {
         "rope_type": rope_type, "rope_theta": float(rope.get("rope_theta", 10_000.0)), "frequencies": None,
         "rope_id": None, "arch": "llama", "temperature": "none", "exact_up_to": None, "differences": [],
@@ -183,7 +188,7 @@ def _hf_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
     for file in _weight_files(folder):
         with safe_open(file, framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 yield name, f.get_tensor(name)
 
 
@@ -460,8 +465,10 @@ def export_gguf(
 def describe_summary(summary: dict[str, Any]) -> str:
     """The lines a command prints after an export (what llama.cpp will and will not reproduce)."""
     lines = [
-        f"wrote {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB, arch {summary['architecture']}, {summary['dtype']}, "
-        f"{summary['tensors']} tensors, context_length {summary['context_length']})",
+        (
+            f"wrote {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB, arch {summary['architecture']}, {summary['dtype']}, "
+            f"{summary['tensors']} tensors, context_length {summary['context_length']})"
+        ),
     ]
     if summary["training_length"] is not None:
         lines.append(

@@ -18,15 +18,15 @@ from conftest import byte_tokenizer, tiny_llama
 
 gguf = pytest.importorskip("gguf")
 
-from hf_ropeid.conversion import convert_model  # noqa: E402
-from hf_ropeid.gguf_export import (  # noqa: E402
+from hf_ropeid.conversion import convert_model
+from hf_ropeid.gguf_export import (
     NOPE_FREQ_FACTOR,
     GGUFExportError,
     deinterleave_rotary_rows,
     describe_summary,
     export_gguf,
 )
-from hf_ropeid.rope_id import RopeIDParameters, inv_freq  # noqa: E402
+from hf_ropeid.rope_id import RopeIDParameters, inv_freq
 
 L = 64
 SERVING = 16 * L
@@ -62,7 +62,7 @@ def llama_cpp_forward(path, ids: list[int]) -> np.ndarray:
     """Logits [len(ids), vocab] of the GGUF at ``path``, computed as llama.cpp's llama / mistral3 graphs do."""
     reader = gguf.GGUFReader(path)
     arch = field(reader, "general.architecture")
-    kv = lambda key, default=None: field(reader, f"{arch}.{key}") if f"{arch}.{key}" in reader.fields else default  # noqa: E731
+    kv = lambda key, default=None: field(reader, f"{arch}.{key}") if f"{arch}.{key}" in reader.fields else default
     w = gguf_arrays(reader)
     n_head, n_kv, d = kv("attention.head_count"), kv("attention.head_count_kv"), kv("rope.dimension_count")
     base, eps = kv("rope.freq_base"), kv("attention.layer_norm_rms_epsilon")
@@ -87,7 +87,7 @@ def llama_cpp_forward(path, ids: list[int]) -> np.ndarray:
     T = len(ids)
     causal = np.triu(np.full((T, T), -np.inf), 1)
     for layer in range(kv("block_count")):
-        p = lambda name: w[f"blk.{layer}.{name}.weight"].astype(np.float64)  # noqa: E731
+        p = lambda name, layer=layer: w[f"blk.{layer}.{name}.weight"].astype(np.float64)
         h = rms(x, p("attn_norm"))
         q = rope((h @ p("attn_q").T).reshape(T, n_head, d))
         k = rope((h @ p("attn_k").T).reshape(T, n_kv, d))
@@ -250,7 +250,9 @@ def test_errors_are_clear_and_leave_nothing_behind(tmp_path):
     # An error while writing (here: a broken weights file) removes the partial file.
     broken = converted_folder(tmp_path, "broken")
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(Exception):
+    from safetensors import SafetensorError
+
+    with pytest.raises(SafetensorError):
         export_gguf(broken, tmp_path / "b.gguf")
     assert list(tmp_path.glob("b.gguf*")) == []
 
