@@ -36,7 +36,7 @@ class RopeIDConfig(LlamaConfig):
       was (pre)trained at. Raise ``max_position_embeddings`` freely; ``L`` stays put.
     - ``rotary_fraction`` (0.5), ``shortest_period`` (32), ``turns_per_training_length`` (2),
       ``spectrum`` ("rope_id" | "original" | "minimal"), ``temperature``
-      ("query_log" | "length_log" | "none"), ``temperature_coefficient`` (0.1), ``rope_theta``,
+      ("query_log" | "length_log" | "floor_log" | "none"), ``temperature_coefficient`` (0.1), ``rope_theta``,
       and the experimental ``rotary_window`` (None) and ``far_field`` ("none").
 
     Like every transformers config it constructs from any sizes; checks that depend on the head size

@@ -60,6 +60,8 @@ def describe_positions(rope_parameters: Mapping[str, Any], head_dim: int) -> str
     temperature = {
         "query_log": f" Queries at position p > L are multiplied by (1 + {p['temperature_coefficient']:g} ln(p/L))^2.",
         "length_log": " Queries at position p > L are multiplied by ln(p)/ln(L).",
+        "floor_log": f" Queries at 0-based position i >= L are multiplied by 1 + {p['temperature_coefficient']:g} ln(1 + floor(i/L)) "
+        "(llama.cpp's Llama-4 temperature).",
         "none": " No attention temperature.",
     }
     text += temperature[p["temperature"]]

@@ -26,7 +26,7 @@ import torch
 
 ROPE_TYPE = "rope_id"
 SPECTRA = ("rope_id", "original", "minimal")
-TEMPERATURES = ("query_log", "length_log", "ssmax", "none")
+TEMPERATURES = ("query_log", "length_log", "floor_log", "ssmax", "none")
 TEMPERATURE_CHANNELS = ("all", "unrotated")
 FAR_FIELDS = ("none", "log_count")
 
@@ -69,10 +69,13 @@ class RopeIDParameters:
             re-spaced geometrically down to the slowest allowed frequency).
         temperature: "query_log" (queries at 1-based position ``p`` are multiplied by
             ``(1 + c * ln(max(p, L) / L))**2``, YaRN's factor with ``s = p / L``), "length_log"
-            (``ln(max(p, L)) / ln(L)``), "ssmax" (``ln(max(p, 2)) / ln(L)`` at every position, inside ``L``
-            too: Scalable-Softmax's ``s * ln(n)`` with ``s = 1 / ln(L)``, so a model must be trained with it),
-            or "none". All but "ssmax" are exactly 1 inside ``L``.
-        temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN).
+            (``ln(max(p, L)) / ln(L)``), "floor_log" (queries at 0-based position ``i`` are multiplied by
+            ``1 + c * ln(1 + floor(i / L))``, llama.cpp's Llama-4 temperature, so a GGUF export is exact at
+            every length), "ssmax" (``ln(max(p, 2)) / ln(L)`` at every position, inside ``L`` too:
+            Scalable-Softmax's ``s * ln(n)`` with ``s = 1 / ln(L)``, so a model must be trained with it), or
+            "none". All but "ssmax" are exactly 1 inside ``L``.
+        temperature_coefficient: ``c`` of "query_log" (0.1, as in YaRN) and of "floor_log" (0.1 is Llama 4's
+            value; 0.2 follows query_log's c = 0.1 at long lengths, where ``(1 + c ln s)**2 ~ 1 + 2c ln s``).
         temperature_channels: "all" (the paper) or "unrotated": only the unrotated (NoPE) channels of the
             query are multiplied, so the logits of far keys under ``rotary_window`` (scored by those
             channels alone) sharpen while the rotated part, which places near keys, is left as trained;
@@ -373,6 +376,10 @@ def query_temperature(
         scale = torch.log(torch.clamp(p, min=length)) / math.log(length)
     elif temperature == "ssmax":
         scale = torch.log(torch.clamp(p, min=2.0)) / math.log(length)
+    elif temperature == "floor_log":
+        # llama.cpp's attention temperature (llm_graph_input_attn_temp, archs llama4 / mistral3) with offset 0
+        # and floor scale L: constant on each block of L positions, 1 on the first.
+        scale = 1 + coefficient * torch.log1p(torch.floor((p - 1) / length))
     else:
         raise RopeIDParameterError(f"Unknown temperature {temperature!r}; accepted: {', '.join(TEMPERATURES)}.")
     return scale.to(torch.float32)

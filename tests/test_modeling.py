@@ -108,7 +108,7 @@ def test_rotary_module_returns_cos_sin_like_every_transformers_rotary_module():
     assert torch.all(cos[..., 7] == 1) and torch.all(sin[..., 7] == 0)  # unrotated pair: no temperature here
 
 
-@pytest.mark.parametrize("temperature", ["query_log", "length_log", "none"])
+@pytest.mark.parametrize("temperature", ["query_log", "length_log", "floor_log", "none"])
 def test_incremental_decoding_matches_full_forward_far_beyond_training_length(temperature):
     model = rope_id_twin(tiny_llama(), **SMALL_L, temperature=temperature)
     ids = torch.randint(0, 256, (1, 16 * 64))  # 16x L

@@ -85,7 +85,7 @@ def test_rope_parameters_round_trip_and_defaults():
         ({"training_length": 0}, "positive number"),
         ({"temperature_coefficient": float("nan")}, "positive number"),
         ({"spectrum": "fancy"}, "accepted: rope_id, original, minimal"),
-        ({"temperature": "hot"}, "accepted: query_log, length_log, none"),
+        ({"temperature": "hot"}, "accepted: query_log, length_log, floor_log, none"),
         ({"head_dim": 63}, "head_dim must be even"),
     ],
 )
@@ -113,6 +113,17 @@ def test_query_temperature_is_one_inside_training_length():
     assert torch.all(length[:64] == 1)
     assert length[255].item() == pytest.approx(math.log(256) / math.log(64), rel=1e-6)
     assert torch.all(query_temperature(positions, 64, "none") == 1)
+
+
+def test_floor_log_temperature_is_llama_cpp_formula():
+    # llama.cpp (llm_graph_input_attn_temp): 1 + beta * ln(1 + floor((pos + offset) / floor_scale)), pos 0-based,
+    # offset 0 and floor_scale L as llama.cpp's mistral3 arch sets them.
+    positions = torch.tensor([0, 63, 64, 127, 128, 191, 192, 640, 10**6])
+    scale = query_temperature(positions, 64, "floor_log", 0.2)
+    expected = [1 + 0.2 * math.log(1 + math.floor(i / 64)) for i in positions.tolist()]
+    assert scale.tolist() == pytest.approx(expected, rel=1e-6)
+    assert scale[:2].tolist() == [1.0, 1.0] and scale[2].item() == pytest.approx(1 + 0.2 * math.log(2))
+    assert RopeIDParameters(head_dim=64, training_length=64, shortest_period=8, temperature="floor_log").temperature == "floor_log"
 
 
 def test_rotation_angles_are_reduced_modulo_two_pi_in_float64():
