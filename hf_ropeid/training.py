@@ -659,17 +659,30 @@ class TrainingRun:
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without the ``module.`` prefix of a DDP wrapper."""
+    return name[len("module.") :] if name.startswith("module.") else name
+
+
 class _TrainableOnly:
-    """Accelerate state hooks: checkpoints hold only the trainable weights (the base never changes in a LoRA run)."""
+    """Accelerate state hooks: checkpoints hold only the trainable weights (the base never changes in a LoRA run).
+
+    Names are those of the unwrapped model: the state accelerate hands over has no DDP ``module.``
+    prefix, and the weights are loaded into the unwrapped model, every one of them or an error.
+    """
 
     def __init__(self, trainable_names: set[str]):
-        self.names = trainable_names
+        self.names = {_unwrapped_name(n) for n in trainable_names}
 
     def save(self, models, weights, output_dir) -> None:
         for i, state in enumerate(weights):
-            weights[i] = {k: v for k, v in state.items() if k in self.names}
+            weights[i] = {_unwrapped_name(k): v for k, v in state.items() if _unwrapped_name(k) in self.names}
+            missing = self.names - set(weights[i]) if i == 0 else set()
+            if missing:
+                raise TrainingError(f"Trainable weights {sorted(missing)[:5]}... are missing from the state to save.")
 
     def load(self, models, input_dir) -> None:
+        from accelerate.utils import extract_model_from_parallel
         from safetensors.torch import load_file
 
         for i, model in enumerate(models):
@@ -677,7 +690,9 @@ class _TrainableOnly:
             missing = self.names - set(state)
             if missing:
                 raise TrainingError(f"Checkpoint {input_dir} lacks trainable weights {sorted(missing)[:5]}...")
-            model.load_state_dict(state, strict=False)
+            unexpected = extract_model_from_parallel(model).load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise TrainingError(f"Checkpoint {input_dir} holds weights the model lacks: {unexpected[:5]}...")
         models.clear()  # loaded here; accelerate must not load them again (strictly)
 
 
@@ -804,6 +819,35 @@ def context_parallelism(args: FinetuneArguments):
     return accelerate.ParallelismConfig(cp_size=size)
 
 
+def check_launch(accelerator) -> None:
+    """Refuses launches that accelerate would silently run as something else.
+
+    With accelerate 1.15 on CPUs, ``accelerate launch --use_fsdp`` either runs plain DDP (with
+    ``ACCELERATE_USE_CPU=1``; accelerate builds FSDP only on top of a GPU-like distributed type) or
+    starts N processes that each train alone (without it), all writing the same output folder.
+    """
+    import os
+
+    from accelerate.utils import DistributedType
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise TrainingError(
+            f"Launched as {world} processes, but accelerate set up none of them as distributed "
+            f"(distributed type {accelerator.distributed_type.value}): each would train alone. On CPUs launch "
+            "with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N (gloo data parallel); "
+            "accelerate runs FSDP only on GPUs."
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+        accelerator.distributed_type != DistributedType.FSDP
+    ):
+        raise TrainingError(
+            f"FSDP was asked for (accelerate launch --use_fsdp), but accelerate set up "
+            f"{accelerator.distributed_type.value} instead: accelerate builds FSDP only on GPUs (not on CPUs / "
+            "gloo). Drop the FSDP flags to train data parallel on CPUs."
+        )
+
+
 def setup_run(args: FinetuneArguments) -> TrainingRun:
     """Data, model, optimizer, schedule and log of a new or resumed run; nothing is trained yet."""
     require("accelerate", "train", "Training")
@@ -821,6 +865,7 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
         step_scheduler_with_optimizer=False,
         **({"parallelism_config": parallelism} if parallelism is not None else {}),
     )
+    check_launch(accelerator)
     if args.run.resume_from is None:
         check_target(
             args.run.output_dir, args.run.force, hint="pass --force to replace it or --resume-from to continue"
@@ -1020,6 +1065,7 @@ def finish(run: TrainingRun) -> dict[str, Any]:
         "base_model": run.base_reference,
         "converted_here": run.converted,
         "processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,
         "args": args.to_json(),
     }
     if accelerator.is_main_process:
