@@ -232,6 +232,7 @@ def main(argv=None) -> None:
     p.add_argument("--checkpointing-lengths", default="4096", help="ours with activation checkpointing")
     p.add_argument("--memory-budget-gib", type=float, default=None, help="default: the machine's RAM")
     p.add_argument("--out", default="benchmarks/results/long_sequence")
+    p.add_argument("--append", action="store_true", help="add to the measurements already in OUT/results.json")
     p.add_argument("--work", default=None, help="folder for the converted base and corpus (default: a temp dir)")
     p.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--base", help=argparse.SUPPRESS)
@@ -255,10 +256,16 @@ def main(argv=None) -> None:
                "machine": machine(), "lengths": lengths, "memory_budget_bytes": budget,
                "model": "SmolLM2-135M-Instruct float32, converted to RoPE-ID (convert_model defaults), same weights in both arms",
                "measurements": [], "longest": {}}
+    if opts.append and (out / "results.json").is_file():
+        earlier = json.loads((out / "results.json").read_text())
+        results["measurements"] = earlier["measurements"]
+        results["lengths"] = sorted(set(earlier["lengths"]) | set(lengths))
+        results["command"] = earlier["command"] + " ; " + results["command"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(opts.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         base, corpora = prepare(work, lengths + dropout_lengths + ckpt_lengths)
+        results["measurements"] = [r for r in results["measurements"] if "peak_rss" in r]  # retry failures
         for arm, n, dropout, ckpt in plan:
             record = measure(arm, n, dropout, ckpt, base, corpora[n])
             results["measurements"].append(record)
