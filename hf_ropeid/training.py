@@ -50,6 +50,9 @@ SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = ("tensorboard", "wandb")
 CHECKPOINT_PREFIX = "step-"
+IGNORE_INDEX = -100
+LOSS_CHUNK_ELEMENTS = 2**24  # float32 logits per LM-head chunk of the training loss (64 MiB)
+MIN_LOSS_CHUNK = 128
 TRAINER_STATE = "trainer_state.json"
 # Arguments that may change when resuming without changing what the run computes.
 RESUMABLE_CHANGES = {
@@ -170,7 +173,11 @@ class AdapterArguments:
     full_finetune: bool = _help("Train every weight instead of a LoRA adapter.", default=False)
     lora_r: int = _help("LoRA rank.", default=16)
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r).", default=32.0)
-    lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
+    lora_dropout: float = _help(
+        "Dropout on the LoRA input. 0 (the default) keeps no dropped copy of every projection's input: "
+        "0.05 cost 1.4x the memory per token (benchmarks/long_sequence_memory.py).",
+        default=0.0,
+    )
     target_modules: list[str] = _help(
         "Linear layers that get LoRA (names or 'all-linear').", default_factory=lambda: list(DEFAULT_TARGET_MODULES)
     )
@@ -204,7 +211,14 @@ class OptimizationArguments:
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
     max_grad_norm: float = _help("Gradient clipping (0 disables).", default=1.0)
     mixed_precision: str = _help("no | bf16 | fp16 (weights stay fp32).", default="no")
-    activation_checkpointing: bool = _help("Recompute activations in the backward pass (saves memory).", default=False)
+    activation_checkpointing: bool = _help(
+        "Recompute activations in the backward pass (saves memory; alias --gradient-checkpointing).", default=False
+    )
+    context_parallel_size: int = _help(
+        "Shard every sequence over this many GPUs (accelerate's context parallelism: FSDP2, sdpa, CUDA only); "
+        "1 disables it.",
+        default=1,
+    )
     seed: int = _help("Seed for adapter init, data order and dropout.", default=0)
 
     def __post_init__(self) -> None:
@@ -229,6 +243,10 @@ class OptimizationArguments:
         _need(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}.",
+        )
+        _need(
+            self.context_parallel_size >= 1,
+            f"--context-parallel-size must be at least 1, got {self.context_parallel_size}.",
         )
 
 
@@ -386,10 +404,106 @@ class EpochShuffleSampler:
 
 
 def collate_blocks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A micro-batch: ``input_ids``, their global ``position_ids`` and ``shift_labels`` (already shifted).
+
+    Entry ``i`` of ``shift_labels`` is the token that position ``i`` predicts (``IGNORE_INDEX`` at the
+    last position). Both travel with the tokens when a sequence is cut into shards (context or
+    sequence parallelism), so every shard sees its true positions and needs no neighbour to shift.
+    """
     import torch
 
     input_ids = torch.tensor([row["input_ids"] for row in rows], dtype=torch.long)
-    return {"input_ids": input_ids, "labels": input_ids}
+    return {
+        "input_ids": input_ids,
+        "position_ids": torch.arange(input_ids.shape[1]).expand_as(input_ids).contiguous(),
+        "shift_labels": shift_labels_of(input_ids),
+    }
+
+
+def shift_labels_of(input_ids):
+    """Next-token targets of every position, ``IGNORE_INDEX`` after the last one."""
+    import torch
+
+    return torch.nn.functional.pad(input_ids[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------- the loss, without full-length logits
+
+
+def loss_chunk_tokens(batch_size: int, vocab_size: int) -> int:
+    """Positions per LM-head chunk: about ``LOSS_CHUNK_ELEMENTS`` float32 logits, at least ``MIN_LOSS_CHUNK``."""
+    return max(MIN_LOSS_CHUNK, LOSS_CHUNK_ELEMENTS // max(1, batch_size * vocab_size))
+
+
+def chunked_token_losses(head, hidden, shift_labels, chunk_tokens: int, softcap: float | None = None):
+    """Cross-entropy of every position, ``[batch, n]`` float32 (0 where the label is ``IGNORE_INDEX``).
+
+    The LM head runs on ``chunk_tokens`` positions at a time, each chunk under non-reentrant
+    ``torch.utils.checkpoint``: its logits are freed as soon as its losses are known and recomputed
+    (one chunk at a time) in the backward pass, so no step ever holds ``n x vocab`` logits. The
+    result equals ``cross_entropy(head(hidden), shift_labels, reduction="none")`` up to rounding.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def piece(h, labels):
+        logits = head(h).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        return losses.view(labels.shape)
+
+    pieces = zip(hidden.split(chunk_tokens, dim=1), shift_labels.split(chunk_tokens, dim=1))
+    if not torch.is_grad_enabled():
+        return torch.cat([piece(h, y) for h, y in pieces], dim=1)
+    return torch.cat([checkpoint(piece, h, y, use_reentrant=False) for h, y in pieces], dim=1)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    forward = inspect.signature(type(model).forward).parameters
+    return "logits_to_keep" in forward
+
+
+def causal_lm_loss(model, batch: dict[str, Any], num_tokens: int | None = None):
+    """Mean next-token loss of ``batch`` (from ``collate_blocks``), computed from the decoder's hidden states.
+
+    ``model`` is the prepared model (through DDP / FSDP wrappers, whose forward must run); it is asked
+    for no logits (``logits_to_keep`` selects none) and its last hidden states go through the LM head
+    in chunks (``chunked_token_losses``). ``num_tokens`` is the number of predicted tokens to divide by
+    (default: those of ``batch``; a context-parallel shard passes the whole sequence's count).
+    The value equals ``model(input_ids, labels=input_ids).loss``.
+    """
+    import torch
+    from accelerate.utils import extract_model_from_parallel
+
+    inner = extract_model_from_parallel(model)  # the peft / transformers model under DDP (FSDP2 wraps in place)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    labels = batch["shift_labels"]
+    if num_tokens is None:
+        num_tokens = int((labels != IGNORE_INDEX).sum())
+    if not _accepts_logits_to_keep(base):  # a model without logits_to_keep: its own loss, full logits
+        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["input_ids"]).loss
+    outputs = model(
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+        output_hidden_states=True,
+        logits_to_keep=torch.empty(0, dtype=torch.long, device=labels.device),
+    )
+    hidden = outputs.hidden_states[-1]  # after the final norm: what the LM head reads
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    losses = chunked_token_losses(
+        inner.get_output_embeddings(),
+        hidden,
+        labels.to(hidden.device),
+        loss_chunk_tokens(labels.shape[0], base.config.get_text_config().vocab_size),
+        softcap,
+    )
+    return losses.sum() / max(1, num_tokens)
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
@@ -418,6 +532,14 @@ def resolve_resume(args: RunArguments) -> Path | None:
 
 def check_resume_compatible(saved: dict[str, Any], args: FinetuneArguments) -> None:
     current = args.to_json()
+    # An argument added after the checkpoint was written took its default there.
+    defaults = {
+        f.name: f.default
+        for group in ARGUMENT_GROUPS.values()
+        for f in dataclasses.fields(group)
+        if f.default is not dataclasses.MISSING
+    }
+    saved = {**{k: defaults[k] for k in current if k not in saved and k in defaults}, **saved}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         details = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
@@ -475,7 +597,9 @@ def _trackers(args: RunArguments) -> list[str]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_perplexity(model, windows_by_length: dict[int, list[list[int]]], accelerator) -> dict[int, float]:
+def evaluate_perplexity(
+    model, windows_by_length: dict[int, list[list[int]]], accelerator, logits_chunk: int | None = None
+) -> dict[int, float]:
     """Perplexity per length over held-out windows, windows sharded across processes.
 
     The loss of each window comes from the package's one perplexity pass
@@ -495,7 +619,7 @@ def evaluate_perplexity(model, windows_by_length: dict[int, list[list[int]]], ac
         for i in range(math.ceil(len(windows) / accelerator.num_processes)):
             ids = torch.tensor([mine[i] if i < len(mine) else windows[0]], device=accelerator.device)
             with accelerator.autocast():
-                nll = token_losses(model, ids, logits_chunk=None).double().sum().item()
+                nll = token_losses(model, ids, logits_chunk=logits_chunk).double().sum().item()
             weight = float(i < len(mine))
             totals += torch.tensor(
                 [nll * weight, weight * (length - 1)], dtype=torch.float64, device=accelerator.device
@@ -535,17 +659,30 @@ class TrainingRun:
     last_eval: dict[str, float] = field(default_factory=dict)
 
 
+def _unwrapped_name(name: str) -> str:
+    """A parameter's name without the ``module.`` prefix of a DDP wrapper."""
+    return name[len("module.") :] if name.startswith("module.") else name
+
+
 class _TrainableOnly:
-    """Accelerate state hooks: checkpoints hold only the trainable weights (the base never changes in a LoRA run)."""
+    """Accelerate state hooks: checkpoints hold only the trainable weights (the base never changes in a LoRA run).
+
+    Names are those of the unwrapped model: the state accelerate hands over has no DDP ``module.``
+    prefix, and the weights are loaded into the unwrapped model, every one of them or an error.
+    """
 
     def __init__(self, trainable_names: set[str]):
-        self.names = trainable_names
+        self.names = {_unwrapped_name(n) for n in trainable_names}
 
     def save(self, models, weights, output_dir) -> None:
         for i, state in enumerate(weights):
-            weights[i] = {k: v for k, v in state.items() if k in self.names}
+            weights[i] = {_unwrapped_name(k): v for k, v in state.items() if _unwrapped_name(k) in self.names}
+            missing = self.names - set(weights[i]) if i == 0 else set()
+            if missing:
+                raise TrainingError(f"Trainable weights {sorted(missing)[:5]}... are missing from the state to save.")
 
     def load(self, models, input_dir) -> None:
+        from accelerate.utils import extract_model_from_parallel
         from safetensors.torch import load_file
 
         for i, model in enumerate(models):
@@ -553,7 +690,9 @@ class _TrainableOnly:
             missing = self.names - set(state)
             if missing:
                 raise TrainingError(f"Checkpoint {input_dir} lacks trainable weights {sorted(missing)[:5]}...")
-            model.load_state_dict(state, strict=False)
+            unexpected = extract_model_from_parallel(model).load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise TrainingError(f"Checkpoint {input_dir} holds weights the model lacks: {unexpected[:5]}...")
         models.clear()  # loaded here; accelerate must not load them again (strictly)
 
 
@@ -633,6 +772,82 @@ def _load_trainable_model(args: FinetuneArguments, accelerator, out: Path, token
     return model.train(), converted, base_reference
 
 
+def _rotary_window(args: ConversionArguments) -> int | None:
+    if args.rotary_window is not None:
+        return args.rotary_window
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    return (getattr(config, "rope_parameters", None) or {}).get("rotary_window")
+
+
+def context_parallelism(args: FinetuneArguments):
+    """accelerate's ``ParallelismConfig(cp_size=N)`` for ``--context-parallel-size N`` > 1, or None.
+
+    Refused, with the reason, where it cannot run: with ``rotary_window`` (its attention is no single
+    causal sdpa call, which is all torch's context parallelism shards), with an accelerate that has no
+    ``ParallelismConfig``, without CUDA GPUs, and for sequences that do not cut into 2N equal pieces.
+    accelerate itself refuses it without FSDP2.
+    """
+    size = args.optimization.context_parallel_size
+    if size == 1:
+        return None
+    if _rotary_window(args.conversion) is not None:
+        raise TrainingError(
+            "rotary_window is not supported with context parallelism: its attention scores every key twice "
+            "under its own mask, and torch's context parallelism shards only causal sdpa. Train without "
+            "--context-parallel-size, or a model without rotary_window."
+        )
+    import accelerate
+    import torch
+
+    if not hasattr(accelerate, "ParallelismConfig"):
+        raise TrainingError(
+            f"--context-parallel-size needs accelerate's ParallelismConfig (accelerate >= 1.10); installed: "
+            f"{accelerate.__version__}."
+        )
+    if not torch.cuda.is_available():
+        raise TrainingError(
+            "--context-parallel-size needs CUDA GPUs: torch's context parallelism shards sdpa attention over "
+            "NCCL, and this machine has no GPU. On CPUs, train whole sequences (data parallel: accelerate launch)."
+        )
+    if args.data.seq_length % (2 * size):
+        raise TrainingError(
+            f"--seq-length {args.data.seq_length} must be a multiple of 2 x --context-parallel-size "
+            f"({2 * size}): each sequence is cut into {2 * size} equal pieces (load-balanced causal sharding)."
+        )
+    return accelerate.ParallelismConfig(cp_size=size)
+
+
+def check_launch(accelerator) -> None:
+    """Refuses launches that accelerate would silently run as something else.
+
+    With accelerate 1.15 on CPUs, ``accelerate launch --use_fsdp`` either runs plain DDP (with
+    ``ACCELERATE_USE_CPU=1``; accelerate builds FSDP only on top of a GPU-like distributed type) or
+    starts N processes that each train alone (without it), all writing the same output folder.
+    """
+    import os
+
+    from accelerate.utils import DistributedType
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes == 1:
+        raise TrainingError(
+            f"Launched as {world} processes, but accelerate set up none of them as distributed "
+            f"(distributed type {accelerator.distributed_type.value}): each would train alone. On CPUs launch "
+            "with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N (gloo data parallel); "
+            "accelerate runs FSDP only on GPUs."
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and (
+        accelerator.distributed_type != DistributedType.FSDP
+    ):
+        raise TrainingError(
+            f"FSDP was asked for (accelerate launch --use_fsdp), but accelerate set up "
+            f"{accelerator.distributed_type.value} instead: accelerate builds FSDP only on GPUs (not on CPUs / "
+            "gloo). Drop the FSDP flags to train data parallel on CPUs."
+        )
+
+
 def setup_run(args: FinetuneArguments) -> TrainingRun:
     """Data, model, optimizer, schedule and log of a new or resumed run; nothing is trained yet."""
     require("accelerate", "train", "Training")
@@ -642,12 +857,15 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
 
     opt = args.optimization
     trackers = _trackers(args.run)
+    parallelism = context_parallelism(args)
     accelerator = Accelerator(
         mixed_precision=opt.mixed_precision,
         log_with=trackers or None,
         project_dir=args.run.output_dir,
         step_scheduler_with_optimizer=False,
+        **({"parallelism_config": parallelism} if parallelism is not None else {}),
     )
+    check_launch(accelerator)
     if args.run.resume_from is None:
         check_target(
             args.run.output_dir, args.run.force, hint="pass --force to replace it or --resume-from to continue"
@@ -733,7 +951,13 @@ def evaluate(run: TrainingRun) -> dict[str, float]:
     """Held-out perplexity at every evaluation length now, logged (empty without held-out text)."""
     if not run.windows_by_length:
         return {}
-    ppl = evaluate_perplexity(run.accelerator.unwrap_model(run.model), run.windows_by_length, run.accelerator)
+    from accelerate.utils import DistributedType
+
+    # The LM head runs on chunks of positions, except under FSDP (its root forward gathers the head's weights).
+    chunk = None if run.accelerator.distributed_type == DistributedType.FSDP else 2048
+    ppl = evaluate_perplexity(
+        run.accelerator.unwrap_model(run.model), run.windows_by_length, run.accelerator, logits_chunk=chunk
+    )
     record = {"step": run.step, **{f"eval_ppl@{n}": v for n, v in ppl.items()}}
     log_metrics(run, record)
     return record
@@ -760,6 +984,28 @@ def accumulation_groups(run: TrainingRun):
             group = []
 
 
+@contextlib.contextmanager
+def sequence_shards(run: TrainingRun, batch: dict[str, Any]):
+    """Context parallelism for one micro-batch; yields the token count this process divides its loss by.
+
+    Without it (``context_parallel_size`` 1) it does nothing and yields None (the batch's own count).
+    With it, accelerate cuts ``input_ids``, ``position_ids`` and ``shift_labels`` along the sequence in
+    place, so each shard carries its global positions (RoPE-ID's spectrum and temperature see the true
+    ones) and its own targets. Each process divides its shard's loss sum by the whole sequence's count
+    over the shards: the gradients averaged over the shards are then those of the whole sequence's mean.
+    """
+    size = run.args.optimization.context_parallel_size
+    if size == 1:
+        yield None
+        return
+    num_tokens = int((batch["shift_labels"] != IGNORE_INDEX).sum())
+    buffers = [batch["input_ids"], batch["position_ids"], batch["shift_labels"]]
+    with run.accelerator.maybe_context_parallel(
+        buffers=buffers, buffer_seq_dims=[1, 1, 1], no_restore_buffers=set(buffers)
+    ):
+        yield num_tokens / size
+
+
 def optimizer_step(run: TrainingRun, group: list[Any]) -> float:
     """Forward and backward over the micro-batches of one step, then one optimizer step; returns the mean loss."""
     import torch
@@ -769,8 +1015,8 @@ def optimizer_step(run: TrainingRun, group: list[Any]) -> float:
     for i, micro_batch in enumerate(group):
         # Gradients are synchronised across processes only on the last micro-batch.
         sync = accelerator.no_sync(model) if i + 1 < len(group) else contextlib.nullcontext()
-        with sync, accelerator.autocast():
-            loss = model(**micro_batch).loss
+        with sync, sequence_shards(run, micro_batch) as num_tokens, accelerator.autocast():
+            loss = causal_lm_loss(model, micro_batch, num_tokens)
             accelerator.backward(loss / len(group))
         losses.append(loss.detach())
     if run.args.optimization.max_grad_norm:
@@ -819,6 +1065,7 @@ def finish(run: TrainingRun) -> dict[str, Any]:
         "base_model": run.base_reference,
         "converted_here": run.converted,
         "processes": accelerator.num_processes,
+        "distributed_type": accelerator.distributed_type.value,
         "args": args.to_json(),
     }
     if accelerator.is_main_process:

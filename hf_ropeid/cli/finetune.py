@@ -47,10 +47,23 @@ def _field_options() -> list[inspect.Parameter]:
 # Fields whose own default is None: a None from typer is passed on, not dropped.
 _NULLABLE = {f.name for group in ARGUMENT_GROUPS.values() for f in dataclasses.fields(group) if f.default is None}
 
+# Other spellings of a field's flag, accepted but not shown: alias -> field
+ALIASES = {"gradient_checkpointing": "activation_checkpointing"}
 
-@opts.with_options(_field_options(), opts.rope_id_options())
+
+def _alias_options() -> list[inspect.Parameter]:
+    return [
+        opts.option(alias, bool, False, "--" + alias.replace("_", "-"), hidden=True, help=f"Same as --{field}.")
+        for alias, field in ALIASES.items()
+    ]
+
+
+@opts.with_options(_field_options(), opts.rope_id_options(), _alias_options())
 def finetune_command(**options: Any) -> None:
     """LoRA (or full) continued training of a RoPE-ID model, or of a Llama converted on the fly."""
+    for alias, field in ALIASES.items():
+        if options.pop(alias, False):
+            options[field] = True
     rope_id_parameters = opts.rope_id_values(options)  # rotary_fraction stays as typed: the arguments check it
     values = {k: v for k, v in {**options, **rope_id_parameters}.items() if v is not None or k in _NULLABLE}
     summary = train(FinetuneArguments.from_flat(**values))
