@@ -52,9 +52,9 @@ MULTIPLES = (1, 2, 4, 8, 16)
 LORA = dict(steps=300, batch=16, learning_rate=2e-3, r=16)  # toy: 300 x 16 x 128 = 0.61M tokens
 EVAL_ARGS = ["--retrieval-template", "compact", "--depths", "0,0.25,0.5,0.75", "--samples", "8", "--needles", "4",
              "--no-diagnostics", "--tokens-per-length", "8192", "--batch-size", "16", "--position-buckets", "8"]
-# SmolLM2 (135M): a CPU budget. 60 x 4 x 256 = 61k tokens of LoRA; 2 samples per depth; one text window at 16x.
+# SmolLM2 (135M): a CPU budget. 60 x 4 x 256 = 61k tokens of LoRA; 1 passkey per depth; one text window at 16x.
 SMOLLM2_LORA = dict(steps=60, batch=4, learning_rate=5e-4, r=16)
-SMOLLM2_EVAL_ARGS = ["--tasks", "passkey", "--depths", "0,0.25,0.5,0.75", "--samples", "2", "--no-diagnostics",
+SMOLLM2_EVAL_ARGS = ["--tasks", "passkey", "--depths", "0,0.25,0.5,0.75", "--samples", "1", "--no-diagnostics",
                      "--batch-size", "4", "--token-budget", "8192", "--position-buckets", "8"]
 LORA_DATA_WINDOWS = 6000
 
@@ -116,16 +116,17 @@ def yarn_source(source: Path, target: Path, factor: float, L: int) -> Path:
 
 
 def adapt(model: Path, name: str, work: Path, data: Path, L: int, seed: int, log: Path, extra: list[str],
-          lora: dict[str, Any] = LORA) -> Path:
+          lora: dict[str, Any] = LORA, held_out: Path | None = None) -> Path:
     """``hf-ropeid finetune`` (LoRA at L, the shared budget) then ``hf-ropeid merge``; returns the merged folder."""
     merged = work / f"{name}-merged"
     if merged.exists():
         return merged
     run = work / f"{name}-lora"
-    hf_ropeid("finetune", str(model), "--output-dir", str(run), "--data", str(data), "--seq-length", str(L),
+    hf_ropeid("finetune", "--model", str(model), "--output-dir", str(run), "--data", str(data), "--seq-length", str(L),
               "--max-steps", str(lora["steps"]), "--batch-size", str(lora["batch"]),
               "--learning-rate", str(lora["learning_rate"]), "--lora-r", str(lora["r"]), "--lora-dropout", "0",
-              "--warmup-steps", "20", "--seed", str(seed), "--eval-fraction", "0.02", "--no-eval-at-start",
+              "--warmup-steps", "20", "--seed", str(seed), "--eval-data", str(held_out or data), "--eval-tokens", str(4 * L),
+              "--no-eval-at-start",
               "--force", *extra, log=log)
     hf_ropeid("merge", str(run / "adapter"), str(merged), log=log)
     return merged
@@ -137,6 +138,7 @@ def evaluate(model: Path, name: str, work: Path, text: Path, L: int, baselines: 
     if not (out / "results.json").exists():
         lengths = ",".join(str(m * L) for m in MULTIPLES)
         hf_ropeid("eval", str(model), "--out", str(out), "--lengths", lengths, "--baselines", baselines,
+                  "--training-length", str(L),
                   "--text", str(text), "--force", *(eval_args or EVAL_ARGS), log=log)
     return json.loads((out / "results.json").read_text())
 
@@ -164,11 +166,18 @@ def smollm2_data(work: Path) -> Path:
 
 
 def run_seed(seed: int, out: Path, source_kind: str = "toy", training_length: int | None = None) -> Path:
+    """``source_kind``: "toy", "smollm2", or the path of a local Llama folder (tiny dry runs)."""
     work = out / "work" / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
     global LORA, EVAL_ARGS
-    if source_kind == "smollm2":
+    if source_kind not in ("toy", "smollm2"):
+        L = training_length or 32
+        source = Path(source_kind)
+        data, text = smollm2_data(out / "work"), held_out_text(out / "work")
+        EVAL_ARGS = SMOLLM2_EVAL_ARGS + ["--tokens-per-length", str(L * MULTIPLES[-1]), "--retrieval-template", "compact"]
+        source_tokens = 0
+    elif source_kind == "smollm2":
         from hf_ropeid.assets import smollm2_checkpoint
 
         L = training_length or 256
@@ -185,16 +194,22 @@ def run_seed(seed: int, out: Path, source_kind: str = "toy", training_length: in
     budget = LORA["steps"] * LORA["batch"] * L
     arms: dict[str, Any] = {}
 
-    small = source_kind == "smollm2"  # a CPU budget: fewer arms on the 135M model
-    baselines = "rope,yarn" if small else "rope,linear,ntk,yarn"
-    results = evaluate(source, "source", work, text, L, baselines, log)
+    small = source_kind != "toy"  # a CPU budget: fewer arms on the 135M model
+    if small:
+        results = evaluate(source, "source", work, text, L, "rope", log)
+        results["perplexity"]["yarn"] = evaluate(source, "source-yarn", work, text, L, "yarn", log)["perplexity"]["yarn"]
+        yarn_retrieval = evaluate(source, "source-yarn", work, text, L, "yarn", log)["retrieval"]
+        for task, by_variant in yarn_retrieval.items():
+            results["retrieval"][task]["yarn"] = by_variant["yarn"]
+    else:
+        results = evaluate(source, "source", work, text, L, "rope,linear,ntk,yarn", log)
     for arm, variant in (("source", "rope"), ("pi_oracle", "linear"), ("ntk_oracle", "ntk"), ("yarn_oracle", "yarn")):
         if variant in results["perplexity"]:
             arms[arm] = {"budget_tokens": 0, **cells(results, variant, L)}
 
     factor = float(MULTIPLES[-1])
     yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, L, seed, log,
-                 ["--no-convert"], LORA)
+                 ["--no-convert"], LORA, text)
     arms["yarn_lora"] = {"budget_tokens": budget, **cells(evaluate(yarn, "yarn_lora", work, text, L, "rope", log),
                                                           "rope", L)}
 
@@ -212,11 +227,11 @@ def run_seed(seed: int, out: Path, source_kind: str = "toy", training_length: in
         if not converted.exists():
             hf_ropeid("convert", str(source), str(converted), "--training-length", str(L), "--no-verify", *options,
                       log=log)
-        merged = adapt(converted, arm, work, data, L, seed, log, [], LORA)
-        results = evaluate(merged, arm, work, text, L, "rope_id,rope_id_no_temp", log)
-        if arm == "p_rope_window_lora" and small:
-            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
-            arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
+        merged = adapt(converted, arm, work, data, L, seed, log, [], LORA, text)
+        results = evaluate(merged, arm, work, text, L, "rope_id" if small else "rope_id,rope_id_no_temp", log)
+        if small:  # with the temperature only (query_log; length_log on the NoPE channels for the window arm)
+            arms[arm + ("_lenlog_nope" if arm == "p_rope_window_lora" else "")] = {
+                "budget_tokens": budget, **cells(results, "rope_id", L)}
         elif arm == "p_rope_window_lora":
             arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
             arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
@@ -309,9 +324,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/conversion_route"))
     parser.add_argument("--report", action="store_true", help="merge OUT/runs into summary.json, table and plots")
-    parser.add_argument("--source", choices=("toy", "smollm2"), default="toy")
+    parser.add_argument("--source", default="toy", help="toy | smollm2 | a local Llama folder (dry runs)")
     parser.add_argument("--training-length", type=int, default=None, help="L for --source smollm2 (256)")
+    parser.add_argument("--multiples", default=None, help="lengths as multiples of L (default 1,2,4,8,16)")
+    parser.add_argument("--lora-steps", type=int, default=None, help="override the LoRA steps (same for every arm)")
+    parser.add_argument("--lora-batch", type=int, default=None, help="override the LoRA batch (same for every arm)")
     args = parser.parse_args(argv)
+    global MULTIPLES
+    if args.multiples:
+        MULTIPLES = tuple(int(m) for m in args.multiples.split(","))
+    for table in (LORA, SMOLLM2_LORA):
+        table.update({k: v for k, v in (("steps", args.lora_steps), ("batch", args.lora_batch)) if v is not None})
     if not args.report:
         for seed in (int(s) for s in args.seeds.split(",")):
             print(f"wrote {run_seed(seed, args.out, args.source, args.training_length)}", flush=True)

@@ -109,13 +109,16 @@ class ConversionArguments:
     turns_per_training_length: float | None = _help("Turns of the slowest pair inside L (conversion).", default=None)
     spectrum: str | None = _help("RoPE-ID spectrum for the conversion: rope_id | original | minimal.", default=None)
     temperature: str | None = _help(
-        "Query temperature beyond L: query_log | length_log | none (conversion).", default=None
+        "Query temperature beyond L: query_log | length_log | floor_log | ssmax | none (conversion).", default=None
     )
     temperature_coefficient: float | None = _help("c of query_log (conversion).", default=None)
     rotary_window: int | None = _help(
         "Experimental: keys this many tokens back or more are scored without phase (conversion).", default=None
     )
     far_field: str | None = _help("Experimental: none | log_count (conversion).", default=None)
+    temperature_channels: str | None = _help(
+        "Experimental: channels the temperature multiplies, all | unrotated (conversion).", default=None
+    )
 
     def __post_init__(self) -> None:
         try:

@@ -93,7 +93,8 @@ _ROPE_ID_HELP = {
         "sped up). Default: minimal.",
     ),
     "temperature": (
-        str, "Query temperature past L: query_log | length_log | none | ssmax (at every position) (query_log)."
+        str, "Query temperature past L: query_log | length_log | floor_log (llama.cpp's) | ssmax (at every "
+        "position) | none (query_log)."
     ),
     "temperature_coefficient": (float, "c of query_log (0.1)."),
     "rotary_window": (int, "Experimental: keys this many tokens back or more are scored by the unrotated pairs only."),

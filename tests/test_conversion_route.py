@@ -1,0 +1,38 @@
+"""Dry run of the conversion-route benchmark (convert -> finetune -> merge -> eval, the project's own commands)
+on a tiny Llama at tiny lengths: the GPU script runs this same code with real sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from hf_ropeid import pretraining
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "conversion_route.py"
+
+
+def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_llama_dir, tmp_path, monkeypatch):
+    words = b" ".join([b"to be or not to be that is the question"] * 400)
+    monkeypatch.setattr(pretraining, "shakespeare_split", lambda: (words, words[:6000]))
+    spec = importlib.util.spec_from_file_location("conversion_route", SCRIPT)
+    route = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = route
+    spec.loader.exec_module(route)
+    out = tmp_path / "route"
+    route.main(["--source", str(tiny_llama_dir), "--training-length", "128", "--multiples", "1,2",
+                "--lora-steps", "2", "--lora-batch", "2", "--seeds", "0", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    arms = summary["arms"]
+    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora", "p_rope_window_lora_lenlog_nope"} <= set(arms)
+    budgets = {arm: row["budget_tokens"] for arm, row in arms.items()}
+    assert budgets["source"] == budgets["yarn_oracle"] == 0
+    assert budgets["yarn_lora"] == budgets["rope_id_lora"] == 2 * 2 * 128  # steps x batch x L, every LoRA arm
+    for row in arms.values():
+        assert set(row) >= {"1", "2"} and row["1"]["ppl"] > 1 and row["2"]["retrieval"] is not None
+    merged = json.loads((out / "work" / "seed0" / "rope_id_lora-merged" / "config.json").read_text())
+    assert merged["rope_parameters"]["rope_type"] == "rope_id" and merged["rope_parameters"]["training_length"] == 128
+    yarn = json.loads((out / "work" / "seed0" / "yarn_lora-merged" / "config.json").read_text())
+    assert yarn["rope_parameters"]["rope_type"] == "yarn" and yarn["rope_parameters"]["factor"] == 2.0
+    assert (out / "results.md").exists() and (out / "retrieval_vs_length.png").exists()
