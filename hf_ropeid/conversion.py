@@ -53,6 +53,12 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # 256-2048 tokens on Hamlet, confirmed on King Lear): every pair that completes at least half a turn
 # inside L rotates (22 of 32); those already turning twice keep their original frequency (19), the
 # slower ones are sped up to two turns; the rest are NoPE. Calibrated selection was far worse.
+# Serving max_position_embeddings = 16 x L (L = training_length, which the model reads instead). vLLM's and
+# SGLang's Transformers backend cap the context at max_position_embeddings and at the tokenizer's
+# model_max_length; 16 L is as far as the RoPE-ID evaluations reach (benchmarks/RESULTS.md), so the cap
+# does not hide a length we measured, while still telling engines (and users) where it was tested.
+SERVING_LENGTH_FACTOR = 16
+
 DEFAULT_CONVERSION: dict[str, Any] = {
     "channel_selection": "frequency",
     "spectrum": "minimal",
@@ -600,6 +606,7 @@ def convert_checkpoint(
     base_model: str | None = None,
     license: str | None = None,
     repo_id: str | None = None,
+    serving_length: int | None = None,
     **rope_id_parameters: Any,
 ) -> Path:
     """Converts the checkpoint folder (or Hub id) ``source`` into a RoPE-ID folder at ``target``.
@@ -609,6 +616,10 @@ def convert_checkpoint(
     remote code, ``conversion.json``, a model card (README.md) and, when ``verify``,
     ``verification.json`` from a fresh process that cannot import hf_ropeid. Everything is built
     in a temporary folder beside ``target`` and swapped in at the end (``hf_ropeid.atomic``). Returns ``target``.
+
+    ``serving_length`` (default ``SERVING_LENGTH_FACTOR`` x L) becomes ``max_position_embeddings`` and the
+    tokenizer's ``model_max_length``: serving engines (vLLM's and SGLang's Transformers backend) cap the
+    context at both. The model does not read it: ``rope_parameters["training_length"]`` stays L.
     """
     from . import model_card
 
@@ -616,6 +627,7 @@ def convert_checkpoint(
     source, hub_id = resolve_source(source)
     source_config = load_source_config(source)
     config = rope_id_config(source_config, **rope_id_parameters)  # parameter errors before any work
+    config.max_position_embeddings = resolve_serving_length(serving_length, config.rope_parameters["training_length"])
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(
             f"Unknown dtype {dtype!r}; accepted: {', '.join(DTYPES)} (or leave it unset to keep the source's)."
@@ -640,6 +652,7 @@ def convert_checkpoint(
         "max_shard_size": max_shard_size,
         "base_model": base_model,
         "license": license,
+        "serving_length": config.max_position_embeddings,
     }
     if target.is_dir() and not force and (target / "conversion.json").is_file():
         say(f"checking whether {target} is already this conversion ...")
@@ -680,6 +693,7 @@ def convert_checkpoint(
         _write_weights(files, staging, permutations, config, cast, max_shard_size)
         _write_config_and_code(staging, config, out_dtype)
         _copy_source_files(source, staging)
+        set_model_max_length(staging, config.max_position_embeddings)
         conversion["files"] = file_hashes(staging, _weight_and_config_names(staging))
         write_json_atomic(staging / "conversion.json", conversion)
         verification = None
@@ -690,6 +704,31 @@ def convert_checkpoint(
         model_card.write_model_card(staging, conversion, verification, repo_id=repo_id)
     say(f"done: {target}")
     return target
+
+
+def resolve_serving_length(serving_length: int | None, training_length: int) -> int:
+    """The serving ``max_position_embeddings``: ``serving_length``, or ``SERVING_LENGTH_FACTOR`` x L."""
+    if serving_length is None:
+        return SERVING_LENGTH_FACTOR * int(training_length)
+    if isinstance(serving_length, bool) or not isinstance(serving_length, int) or serving_length < training_length:
+        raise ConversionError(
+            f"serving_length must be a whole number of tokens, at least the training length {training_length}, "
+            f"got {serving_length!r}."
+        )
+    return serving_length
+
+
+def set_model_max_length(folder: Path, length: int) -> None:
+    """Sets ``model_max_length`` in ``folder/tokenizer_config.json`` (if there is one) to ``length``."""
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    try:
+        values = json.loads(path.read_text())
+    except ValueError:
+        return  # not ours to repair; the tokenizer loads (or fails) as the source's did
+    values["model_max_length"] = int(length)
+    write_json_atomic(path, values)
 
 
 def _check_max_shard_size(max_shard_size: int | str | None) -> None:
@@ -759,6 +798,7 @@ def _default_text(title: str) -> Path:
 
 __all__ = [
     "CHANNEL_SELECTIONS",
+    "SERVING_LENGTH_FACTOR",
     "DEFAULT_CONVERSION",
     "ConversionError",
     "auto_rotary_fraction",

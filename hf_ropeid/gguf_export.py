@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import HfRopeIDError
 from .rope_id import (
     ROPE_TYPE,
     RopeIDParameterError,
@@ -57,7 +58,7 @@ NOPE_FREQ_FACTOR = 1e30
 NEVER_FIRING_MERGE = "ĠĠ ĠĠ"
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(HfRopeIDError, ValueError):
     """The folder cannot be exported to GGUF; the message says why and what to do."""
 
 

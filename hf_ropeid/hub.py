@@ -71,9 +71,9 @@ def push_to_hub(
     pushed = False
     try:
         if (folder / "conversion.json").is_file():
-            write_model_card(folder, repo_id=repo_id)
+            write_model_card(folder, repo_id=repo_id, revision=revision or "main")
         elif (folder / FINETUNING_RECORD).is_file() and _is_rope_id(folder):
-            write_finetuned_model_card(folder, repo_id=repo_id)
+            write_finetuned_model_card(folder, repo_id=repo_id, revision=revision or "main")
         commit = _upload(api, folder, repo_id, private, revision, message, create_pr)
         pushed = True
     finally:

@@ -110,11 +110,14 @@ def merge_adapter(
     license: str | None = None,
     repo_id: str | None = None,
     trust_remote_code: bool = False,
+    serving_length: int | None = None,
 ) -> Path:
     """Writes base + adapter, merged, to ``output_dir`` (atomically); returns the folder.
 
     ``dtype``: of the saved weights ("auto": the base's). ``base_model`` / ``license`` / ``repo_id``
-    go into the model card's metadata and usage snippet.
+    go into the model card's metadata and usage snippet. For a RoPE-ID base, ``serving_length`` (default 16 x
+    L, as ``hf-ropeid convert``) is written as ``max_position_embeddings`` and the tokenizer's
+    ``model_max_length``; L (``rope_parameters["training_length"]``) is unchanged.
     """
     import torch
     from transformers import AutoTokenizer
@@ -132,6 +135,15 @@ def merge_adapter(
     # base_model / license are kept in the record, so a later `hf-ropeid push` re-renders the same card
     record = {**_training_record(adapter_dir, base_reference), "base_model": base_model, "license": license}
     is_rope_id = merged.config.model_type == "llama_rope_id"
+    if is_rope_id:
+        from .conversion import ConversionError, resolve_serving_length
+
+        try:
+            length = resolve_serving_length(serving_length, merged.config.rope_parameters["training_length"])
+        except ConversionError as error:
+            raise MergeError(str(error)) from None
+        merged.config.max_position_embeddings = length
+        tokenizer.model_max_length = length
 
     with atomic_directory(output_dir, force=force) as tmp:
         merged.save_pretrained(tmp)

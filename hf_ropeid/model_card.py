@@ -92,6 +92,35 @@ def perplexity_table(verification: Mapping[str, Any] | None) -> str | None:
     return "\n".join(lines)
 
 
+def perplexity_results(
+    perplexities: Mapping[str, float], dataset: str, description: str
+) -> list[dict[str, Any]]:
+    """``EvalResult`` keyword arguments for ``{window length: perplexity}`` (the card's model-index)."""
+    return [
+        {
+            "task_type": "text-generation",
+            "task_name": "Language modelling",
+            "dataset_type": dataset,
+            "dataset_name": dataset,
+            "metric_type": "perplexity",
+            "metric_name": f"perplexity, {length}-token windows ({description})",
+            "metric_value": round(float(value), 4),
+            "verified": False,
+        }
+        for length, value in perplexities.items()
+    ]
+
+
+def verification_results(verification: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The converted model's perplexities of a ``verification.json`` report as model-index results, if any."""
+    results = (verification or {}).get("perplexity") or {}
+    converted = {k: v["perplexity"] for k, v in (results.get("converted") or {}).items() if v}
+    if not converted:
+        return None
+    text = (verification.get("text") or {}).get("file", "text")
+    return perplexity_results(converted, text, "converter's verification") or None
+
+
 def render_model_card(
     *,
     model_name: str,
@@ -107,20 +136,31 @@ def render_model_card(
     tags: tuple[str, ...] = TAGS,
     template: str | os.PathLike = DEFAULT_TEMPLATE,
     provenance: str | None = None,
+    base_model_relation: str = "finetune",
+    datasets: list[str] | None = None,
+    eval_results: list[Mapping[str, Any]] | None = None,
+    revision: str | None = None,
 ) -> str:
     """The README.md text: YAML metadata, description, usage with trust_remote_code, parameters, evaluation.
 
     ``eval_table`` is markdown placed under "Evaluation" (omitted when None); ``extra_rows`` adds
-    rows to the conversion table (e.g. fine-tuning settings).
+    rows to the conversion table (e.g. fine-tuning settings). ``base_model_relation`` ("finetune" for
+    converted and merged checkpoints: full weights, changed positions) is written with ``base_model``;
+    ``eval_results`` (keyword arguments of ``huggingface_hub.EvalResult``) become the ``model-index``;
+    ``revision`` pins the usage snippet to that branch or commit.
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     card_data = ModelCardData(
+        model_name=(repo_id.split("/")[-1] if repo_id else model_name) if eval_results else None,
         base_model=base_model,
+        base_model_relation=base_model_relation if base_model else None,
         library_name="transformers",
         pipeline_tag="text-generation",
         license=license,
         tags=list(tags),
+        datasets=list(datasets) if datasets else None,
+        eval_results=[EvalResult(**result) for result in eval_results] if eval_results else None,
     )
     rows = {"channel selection": channel_selection}
     rows.update({f"`{k}`": v for k, v in rope_parameters.items() if k != "rope_type" and v is not None})
@@ -136,6 +176,7 @@ def render_model_card(
         conversion_rows=[(k, _cell(v)) for k, v in rows.items()],
         eval_table=eval_table,
         provenance=provenance,
+        revision=revision if repo_id else None,
     )
     return str(card).rstrip("\n") + "\n"
 
@@ -153,6 +194,7 @@ def write_model_card(
     *,
     model_name: str | None = None,
     repo_id: str | None = None,
+    revision: str | None = None,
 ) -> Path:
     """(Re)writes ``folder/README.md`` from the folder's conversion.json and verification.json."""
     folder = Path(folder)
@@ -176,6 +218,8 @@ def write_model_card(
         eval_table=perplexity_table(verification),
         extra_rows=extra,
         provenance=describe_provenance(conversion.get("source_provenance")),
+        eval_results=verification_results(verification),
+        revision=revision,
     )
     return write_text_atomic(folder / "README.md", text)
 
@@ -201,6 +245,7 @@ def render_finetuned_card(
     repo_id: str | None = None,
     base_model: str | None = None,
     license: str | None = None,
+    revision: str | None = None,
 ) -> str:
     """README.md for a merged RoPE-ID checkpoint, through model_card.render_model_card."""
     config = json.loads((folder / "config.json").read_text())
@@ -238,11 +283,28 @@ def render_finetuned_card(
         eval_table=eval_table,
         extra_rows=rows,
         template=FINETUNED_TEMPLATE,
+        datasets=[d for d in training.get("data", []) if _looks_like_hub_dataset(d)] or None,
+        eval_results=perplexity_results(
+            {k.split("@")[1]: v for k, v in evals.items()}, "held-out", "held-out text after fine-tuning"
+        ) or None,
+        revision=revision,
     )
 
 
+def _looks_like_hub_dataset(name: Any) -> bool:
+    """``org/name`` that is not a local path: a Hub dataset id the card can name under ``datasets``."""
+    import re
+
+    return isinstance(name, str) and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
 def write_finetuned_model_card(
-    folder: str | os.PathLike, *, repo_id: str | None = None, base_model: str | None = None, license: str | None = None
+    folder: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    revision: str | None = None,
 ) -> Path:
     """(Re)writes ``folder/README.md`` of a merged checkpoint from its finetuning.json (e.g. naming ``repo_id``).
 
@@ -253,6 +315,7 @@ def write_finetuned_model_card(
     base_model = base_model if base_model is not None else record.get("base_model")
     license = license if license is not None else record.get("license")
     text = render_finetuned_card(
-        folder, record, model_name=folder.name, repo_id=repo_id, base_model=base_model, license=license
+        folder, record, model_name=folder.name, repo_id=repo_id, base_model=base_model, license=license,
+        revision=revision,
     )
     return write_text_atomic(folder / "README.md", text)

@@ -549,3 +549,26 @@ def test_default_cli_converts_smollm2(tmp_path, monkeypatch):
     assert report["rope_parameters"]["spectrum"] == "minimal"
     card = (target / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "license: apache-2.0" in card
+
+
+def test_serving_length_is_16_l_for_engines_and_changes_nothing_the_model_computes(tiny_llama_dir, tmp_path):
+    L = 64
+    served = convert_checkpoint(tiny_llama_dir, tmp_path / "served", verify=False, training_length=L, shortest_period=8.0)
+    config = json.loads((served / "config.json").read_text())
+    assert config["max_position_embeddings"] == 16 * L == conversion.SERVING_LENGTH_FACTOR * L
+    assert config["rope_parameters"]["training_length"] == L
+    assert json.loads((served / "tokenizer_config.json").read_text())["model_max_length"] == 16 * L
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(served, trust_remote_code=True).model_max_length == 16 * L
+    capped = convert_checkpoint(tiny_llama_dir, tmp_path / "capped", verify=False, training_length=L, serving_length=L,
+                               shortest_period=8.0)
+    assert json.loads((capped / "config.json").read_text())["max_position_embeddings"] == L  # as before
+    ids = IDS[:, :48]  # inside L
+    a = AutoModelForCausalLM.from_pretrained(served, dtype=torch.float32).eval()
+    b = AutoModelForCausalLM.from_pretrained(capped, dtype=torch.float32).eval()
+    torch.testing.assert_close(logits(a, ids), logits(b, ids), rtol=0, atol=0)
+    torch.testing.assert_close(logits(a, IDS), logits(b, IDS), rtol=0, atol=0)  # and past L (96 > 64)
+    with pytest.raises(ConversionError, match="at least the training length 64"):
+        convert_checkpoint(tiny_llama_dir, tmp_path / "short", verify=False, training_length=L, serving_length=32,
+                           shortest_period=8.0)

@@ -285,3 +285,20 @@ def test_llama_cpp_runs_exported_smollm2_like_transformers(tmp_path):
             assert delta[256:].max() < 0.25 and agree[256:].mean() > 0.98, (delta[256:].max(), agree[256:].mean())
         else:
             assert delta[512:].max() > 0.25  # no query_log temperature in llama.cpp, as the summary says
+
+
+def test_export_gguf_command_prints_the_summary_and_refuses_an_existing_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from hf_ropeid.cli import app
+
+    folder = converted_folder(tmp_path, temperature="floor_log")
+    out = tmp_path / "model.gguf"
+    result = CliRunner().invoke(app, ["export-gguf", str(folder), str(out), "--dtype", "f16"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and f"wrote {out}" in result.stdout and "context_length 1024" in result.stdout
+    assert "training length 64" in result.stdout and "at every length" in result.stdout
+    again = CliRunner().invoke(app, ["export-gguf", str(folder), str(out)])
+    assert again.exit_code == 2 and again.stderr.startswith("error: ")
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.output
+    assert issubclass(GGUFExportError, __import__("hf_ropeid.errors").errors.HfRopeIDError)

@@ -47,6 +47,9 @@ def test_merged_checkpoint_matches_the_adapter_and_keeps_rope_settings(trained, 
     base_config = AutoConfig.from_pretrained(trained.base)
     assert config["model_type"] == "llama_rope_id" and config["rope_parameters"] == base_config.rope_parameters
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM"}
+    length = config["rope_parameters"]["training_length"]
+    assert config["max_position_embeddings"] == 16 * length  # the serving length; L is unchanged
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 16 * length
     assert {"modeling_rope_id.py", "configuration_rope_id.py", "rope_id.py", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     card = (out / "README.md").read_text()
     record = json.loads((out / "finetuning.json").read_text())

@@ -75,6 +75,38 @@ def test_converter_carries_the_source_license(tiny_llama_dir, tmp_path):
     target = convert_checkpoint(tiny_llama_dir, tmp_path / "out", verify=False, base_model="org/tiny")
     data = ModelCard.load(target / "README.md").data.to_dict()
     assert data["license"] == "mit" and data["base_model"] == "org/tiny"
+    assert data["base_model_relation"] == "finetune" and "model-index" not in data  # no verification, no results
+
+
+REPORT = {
+    "text": {"file": "hamlet_gut.txt"},
+    "perplexity": {
+        "source": {"256": {"perplexity": 49.61, "windows": 8}},
+        "converted": {"256": {"perplexity": 49.64, "windows": 8}, "1024": {"perplexity": 40.1, "windows": 2}},
+    },
+}
+
+
+def test_hub_metadata_parses_with_huggingface_hub_model_card_tooling(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(render(eval_results=model_card.verification_results(REPORT), revision="main"))
+    card = ModelCard.load(readme)
+    data = card.data
+    assert (data.base_model, data.base_model_relation) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "finetune")
+    assert (data.library_name, data.pipeline_tag) == ("transformers", "text-generation")
+    assert {"rope-id", "custom_code"} <= set(data.tags)
+    assert data.model_name == "SmolLM2-rope-id"
+    results = {r.metric_name: r for r in data.eval_results}
+    assert len(results) == 2 and all(r.metric_type == "perplexity" and r.dataset_name == "hamlet_gut.txt" for r in results.values())
+    assert [r.metric_value for r in data.eval_results] == [49.64, 40.1]
+    assert "model-index" in data.to_dict()
+    assert 'revision = "main"' in card.text and "revision=revision, trust_remote_code=True" in card.text
+
+
+def test_no_repo_means_no_revision_and_no_evaluation_means_no_model_index():
+    card = ModelCard(render(repo_id=None, revision="main"))
+    assert "revision" not in card.text and card.data.eval_results is None
+    assert model_card.verification_results({"problems": []}) is None
 
 
 def test_minimal_spectrum_is_described_with_its_kept_pairs():

@@ -34,6 +34,7 @@ from ..errors import HfRopeIDError
 from ..rope_id import RopeIDParameterError
 from .convert import convert_command
 from .eval import eval_command
+from .export_gguf import export_gguf_command
 from .fetch_smollm2 import fetch_smollm2_command
 from .finetune import finetune_command
 from .merge import merge_command
@@ -156,6 +157,7 @@ for name, command in (
     ("push", push_command),
     ("verify", verify_command),
     ("fetch-smollm2", fetch_smollm2_command),
+    ("export-gguf", export_gguf_command),
 ):
     app.command(name)(reporting_errors(command))
 

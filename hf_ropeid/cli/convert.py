@@ -49,6 +49,14 @@ def convert_command(
         str | None, typer.Option(help="Hub id of the source for the model card. Default: MODEL if it is a Hub id.")
     ] = None,
     license: Annotated[str | None, typer.Option(help="License for the model card. Default: the source card's.")] = None,
+    serving_length: Annotated[
+        int | None,
+        typer.Option(
+            help="max_position_embeddings and the tokenizer's model_max_length to write (the serving cap of vLLM / "
+            "SGLang's Transformers backend). Default: 16 x the training length, as far as RoPE-ID was evaluated; "
+            "rope_parameters.training_length stays L and is what the model reads."
+        ),
+    ] = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Push the result to this Hub repo (org/name).")] = None,
     **options: Any,
 ) -> None:
@@ -83,6 +91,7 @@ def convert_command(
         base_model=base_model,
         license=license,
         repo_id=push_to_hub,
+        serving_length=serving_length,
         **rope_id_parameters,
     )
     typer.echo(str(result))

@@ -32,6 +32,14 @@ def merge_command(
     ] = None,
     base_model_alias: Annotated[str | None, typer.Option("--base-model", hidden=True)] = None,
     license: Annotated[str | None, typer.Option(help="License for the model card.")] = None,
+    serving_length: Annotated[
+        int | None,
+        typer.Option(
+            help="max_position_embeddings and the tokenizer's model_max_length to write (the serving cap of vLLM / "
+            "SGLang's Transformers backend). Default: 16 x the RoPE-ID training length, as far as RoPE-ID was evaluated; "
+            "rope_parameters.training_length stays L and is what the model reads."
+        ),
+    ] = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Push the merged folder to this Hub repo (org/name).")] = None,
     **push: Any,
 ) -> None:
@@ -54,6 +62,7 @@ def merge_command(
         base_model=base_model,
         license=license,
         repo_id=push_to_hub,
+        serving_length=serving_length,
     )
     typer.echo(str(folder))
     if push_to_hub:
