@@ -25,7 +25,7 @@ def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_l
                 "--lora-steps", "2", "--lora-batch", "2", "--seeds", "0", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     arms = summary["arms"]
-    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora", "p_rope_window_lora_lenlog_nope"} <= set(arms)
+    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora"} <= set(arms)
     budgets = {arm: row["budget_tokens"] for arm, row in arms.items()}
     assert budgets["source"] == budgets["yarn_oracle"] == 0
     assert budgets["yarn_lora"] == budgets["rope_id_lora"] == 2 * 2 * 128  # steps x batch x L, every LoRA arm
