@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 

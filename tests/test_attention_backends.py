@@ -9,11 +9,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from conftest import tiny_llama
 from hf_ropeid import LlamaRopeIDForCausalLM, LlamaRopeIDPreTrainedModel, RopeIDConfig
 from hf_ropeid.modeling_rope_id import LlamaRopeIDAttention
 from hf_ropeid.rope_id import RopeIDParameters, inv_freq, query_temperature
 from hf_ropeid.rotary_window import ROTARY_WINDOW_ATTENTION_FUNCTIONS
+
+from conftest import tiny_llama
 
 L = 64
 SMALL_L = {"training_length": L, "shortest_period": 8.0}

@@ -11,10 +11,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
 import hf_ropeid.registration as registration
-from conftest import TINY, tiny_llama_config
 from hf_ropeid import LlamaRopeIDForCausalLM, LlamaRopeIDModel, RopeIDConfig, RopeIDParameterError
 from hf_ropeid.modeling_rope_id import LlamaRopeIDAttention, LlamaRopeIDDecoderLayer, LlamaRopeIDRotaryEmbedding
 from hf_ropeid.rope_id import RopeIDParameters, head_dim_of
+
+from conftest import TINY, tiny_llama_config
 
 SMALL = dict(num_hidden_layers=2, intermediate_size=64, vocab_size=300)
 

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from conftest import byte_tokenizer, tiny_llama
 
 gguf = pytest.importorskip("gguf")
