@@ -85,7 +85,7 @@ def test_rope_parameters_round_trip_and_defaults():
         ({"training_length": 0}, "positive number"),
         ({"temperature_coefficient": float("nan")}, "positive number"),
         ({"spectrum": "fancy"}, "accepted: rope_id, original, minimal"),
-        ({"temperature": "hot"}, "accepted: query_log, length_log, floor_log, none"),
+        ({"temperature": "hot"}, "accepted: query_log, length_log, floor_log, ssmax, none"),
         ({"head_dim": 63}, "head_dim must be even"),
     ],
 )
