@@ -262,6 +262,7 @@ def report(out: Path) -> dict[str, Any]:
         raise SystemExit(f"error: no runs in {out / 'runs'}; run some seeds first (see --help).")
     L = runs[0]["training_length"]
     summary: dict[str, Any] = {"training_length": L, "seeds": [r["seed"] for r in runs],
+                               "source": runs[0].get("source_kind", "toy"),
                                "source_pretraining_tokens": runs[0]["source_pretraining"], "arms": {}}
     full: dict[str, Any] = {**summary, "arms": {}}
     for arm in runs[0]["arms"]:
@@ -315,9 +316,10 @@ def plot(full: dict[str, Any], out: Path) -> None:
     for metric, ylabel, log_y in (("tail_ppl", "tail perplexity", True), ("retrieval", "passkey exact match", False),
                                   ("multikey", "multi-key exact match", False)):
         series = {name: (lengths, [full["arms"][name][str(m)][metric]["mean"] for m in MULTIPLES]) for name in names}
-        plots.line_plot(out / f"{metric}_vs_length.png", series, xlabel="context length (bytes)", ylabel=ylabel,
+        unit = "bytes" if full.get("source", "toy") == "toy" else "tokens"
+        plots.line_plot(out / f"{metric}_vs_length.png", series, xlabel=f"context length ({unit})", ylabel=ylabel,
                         log_x=True, log_y=log_y, vline=L, colors=colors,
-                        title=f"Conversion route, toy source (L = {L}): {ylabel}")
+                        title=f"Conversion route, {full.get('source', 'toy')} source (L = {L}): {ylabel}")
 
 
 def main(argv: list[str] | None = None) -> None:
