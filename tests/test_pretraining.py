@@ -118,9 +118,12 @@ def test_toy_source_checkpoint_is_a_plain_llama_folder_built_once(tmp_path, monk
     assert torch.isfinite(model(ids).logits).all()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     calls = []
-    monkeypatch.setattr(pretraining, "pretrain", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pretraining, "pretrain",
+                        lambda *a, **k: calls.append(1) or {"curve": [], "seconds_per_step": 0.0})
     assert pretraining.toy_source_checkpoint(seed=3, setup=setup, out=folder) == folder  # reused, not retrained
     assert not calls and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    pretraining.toy_source_checkpoint(seed=3, setup=replace(setup, lr=1e-3), out=folder)  # other settings: rebuilt
+    assert calls == [1] and json.loads((folder / "pretraining.json").read_text())["setup"]["lr"] == 1e-3
     assert not list(tmp_path.glob(".*partial*"))
 
 
