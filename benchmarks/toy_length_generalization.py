@@ -31,7 +31,6 @@ NoPE and GPT-NeoX-style partial rotary are stock ``LlamaForCausalLM`` models who
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -260,14 +259,6 @@ VARIANTS = {
 # Training and evaluation
 
 
-def lr_at(step: int, setup: Setup) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < setup.warmup:
-        return setup.lr * (step + 1) / setup.warmup
-    progress = (step - setup.warmup) / max(1, setup.steps - setup.warmup)
-    return setup.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def with_bos(chunks):
     import torch
 
@@ -278,6 +269,8 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
     """Returns (trained model, [(step, loss), ...], seconds per step). Same data order for every variant."""
     import torch
     from tqdm import tqdm
+
+    from hf_ropeid import pretraining
 
     data = torch.frombuffer(bytearray(train_bytes), dtype=torch.uint8).long()
     torch.manual_seed(seed)  # same initial weights for every variant (same parameter shapes)
@@ -294,7 +287,7 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), chunk.reshape(-1))
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, setup)
+            group["lr"] = pretraining.lr_at(step, setup)  # the same schedule (reads lr, warmup, steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
