@@ -150,3 +150,72 @@ def test_unknown_and_unavailable_variants_are_refused(model):
     scaled = tiny_llama_config(rope_parameters={"rope_type": "linear", "rope_theta": THETA, "factor": 2.0})
     with pytest.raises(BaselineError, match="already uses rope_type 'linear'"):
         variant_rope_parameters(scaled, "yarn", 4 * L)
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-Extend and ReRoPE (two_part_rope.py)
+
+
+def _reference_two_part(q_raw, k_raw, v, distance_of):
+    """Scores built pair by pair: query rotated by the substitute distance against the unrotated key."""
+    from hf_ropeid.evaluation.two_part_rope import _inv_freq, _rotate
+
+    n, d = q_raw.shape[-2], q_raw.shape[-1]
+    inv = _inv_freq(type("C", (), {"rope_parameters": {"rope_theta": THETA}})(), d, q_raw.device)
+    scores = torch.full((n, n), float("-inf"))
+    for i in range(n):
+        for j in range(i + 1):
+            rotated = _rotate(q_raw[None, i], torch.tensor([float(distance_of(i, j))]), inv)[0]
+            scores[i, j] = rotated @ k_raw[j] / math.sqrt(d)
+    return torch.softmax(scores, -1) @ v
+
+
+@pytest.mark.parametrize("kind,window,group", [("rerope", 5, 1), ("self_extend", 4, 3)])
+def test_two_part_kernel_matches_pairwise_substitute_distances(kind, window, group):
+    """The fused kernel (rotated inputs, un-rotated inside) equals attention with each pair's substitute
+    distance applied directly: ReRoPE min(t, W); Self-Extend floor(i/G) - floor(j/G) + W - floor(W/G)."""
+    from hf_ropeid.evaluation.two_part_rope import _inv_freq, _rotate, two_part_rope_attention
+
+    torch.manual_seed(0)
+    n, d = 23, D
+    q_raw, k_raw, v = torch.randn(n, d), torch.randn(n, d), torch.randn(n, d)
+
+    def distance_of(i, j):
+        if i - j < window:
+            return i - j
+        return window if kind == "rerope" else i // group - j // group + window - window // group
+
+    expected = _reference_two_part(q_raw, k_raw, v, distance_of)
+    config = type("C", (), {"rope_parameters": {"rope_theta": THETA},
+                            "two_part_rope": {"kind": kind, "window": window, "group": group}})()
+    module = type("M", (), {"config": config, "training": False, "num_key_value_groups": 1})()
+    positions = torch.arange(n, dtype=torch.float32)
+    inv = _inv_freq(config, d, q_raw.device)
+    q, k = _rotate(q_raw, positions, inv), _rotate(k_raw, positions, inv)
+    with torch.no_grad():
+        out, _ = two_part_rope_attention(module, q[None, None], k[None, None], v[None, None], None)
+    torch.testing.assert_close(out[0, :, 0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_two_part_baselines_are_exact_inside_their_window_and_differ_beyond(model):
+    ids = torch.randint(0, 256, (2, L))
+    with torch.inference_mode():
+        reference = model(ids).logits
+        # Self-Extend's oracle group is 1 inside L: plain RoPE at every distance.
+        torch.testing.assert_close(build_variant(model, "self_extend", L)(ids).logits, reference)
+        rerope = build_variant(model, "rerope", L)(ids).logits
+        # ReRoPE changes only distances >= W = L/2: the first L/2 positions are untouched.
+        torch.testing.assert_close(rerope[:, : L // 2], reference[:, : L // 2])
+        assert not torch.allclose(rerope[:, L // 2 + 1 :], reference[:, L // 2 + 1 :], atol=1e-4)
+    assert variant_rope_parameters(model.config, "self_extend", 16 * L)["two_part_rope"] == {
+        "kind": "self_extend", "window": L // 4, "group": math.ceil((16 * L - L // 4) / (L - L // 4))}
+
+
+def test_two_part_baselines_are_opt_in_and_refused_for_rope_id_checkpoints(model):
+    from hf_ropeid.evaluation.baselines import default_variants
+
+    assert "rerope" in available_variants(model.config) and "rerope" not in default_variants(model.config)
+    config = RopeIDConfig(**{k: v for k, v in tiny_llama_config().to_dict().items()
+                             if k not in ("rope_parameters", "model_type", "architectures")})
+    with pytest.raises(BaselineError, match="trained for its own spectrum"):
+        variant_rope_parameters(config, "self_extend", 4 * L)

@@ -18,7 +18,7 @@ def eval_command(
     lengths: Annotated[str | None, typer.Option(help="Comma-separated context lengths (default: L/2 ... 16L).")] = None,
     baselines: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated variants (default: all the model allows): {', '.join(VARIANTS)}."),
+        typer.Option(help=f"Comma-separated variants (default: all the model allows but the opt-in two-part kernels rerope, self_extend): {', '.join(VARIANTS)}."),
     ] = None,
     text: Annotated[
         list[Path] | None,

@@ -12,6 +12,12 @@ A variant is one of ``VARIANTS``:
   temperature: p-RoPE (Barbero et al. 2024).
 - ``rope_id``: the RoPE-ID spectrum with its query temperature (needs ``LlamaRopeIDForCausalLM``).
 - ``rope_id_no_temp``: the RoPE-ID spectrum without temperature.
+- ``rerope``: ReRoPE, true distances within ``W = L/2``, distance ``W`` beyond (``two_part_rope.py``).
+- ``self_extend``: Self-Extend, true distances within ``W = L/4``, grouped positions beyond it with the
+  oracle group size ``G = ceil((n - W) / (L - W))`` (plain RoPE inside L).
+
+The last two are opt-in (``--baselines rerope,self_extend``): they are not among the defaults, because their
+attention is a slower two-part kernel.
 
 ``s = max(1, target_length / L)``: the rescaled variants equal plain RoPE inside the training length.
 A RoPE-ID checkpoint can only be evaluated as itself (``rope_id``) or with the temperature off
@@ -33,7 +39,11 @@ from ..errors import HfRopeIDError
 from ..rope_id import ROPE_TYPE, RopeIDParameters
 from ..utils import head_dim_of
 
-VARIANTS = ("rope", "linear", "ntk", "dynamic", "yarn", "p_rope", "rope_id", "rope_id_no_temp")
+VARIANTS = ("rope", "linear", "ntk", "dynamic", "yarn", "p_rope", "rope_id", "rope_id_no_temp", "rerope", "self_extend")
+TWO_PART_VARIANTS = ("rerope", "self_extend")
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in TWO_PART_VARIANTS)
+REROPE_WINDOW_FRACTION = 0.5
+SELF_EXTEND_WINDOW_FRACTION = 0.25
 ROPE_ID_CHECKPOINT_VARIANTS = ("rope_id", "rope_id_no_temp")
 LENGTH_DEPENDENT_VARIANTS = ("linear", "ntk", "yarn")
 # emozilla's dynamic NTK and transformers' documentation use factor 2; with factor 1 a single
@@ -58,6 +68,11 @@ def training_length(config: Any) -> int:
     if rope.get("original_max_position_embeddings"):
         return int(rope["original_max_position_embeddings"])
     return int(config.max_position_embeddings)
+
+
+def default_variants(config: Any) -> tuple[str, ...]:
+    """The variants evaluated when none are named: the available ones but the opt-in two-part kernels."""
+    return tuple(v for v in available_variants(config) if v not in TWO_PART_VARIANTS)
 
 
 def available_variants(config: Any) -> tuple[str, ...]:
@@ -113,6 +128,16 @@ def variant_rope_parameters(
         return {"rope_type": "dynamic", "rope_theta": theta, "factor": float(dynamic_factor)}
     if variant == "yarn":
         return {"rope_type": "yarn", "rope_theta": theta, "factor": s, "original_max_position_embeddings": length}
+    if variant in TWO_PART_VARIANTS:
+        from .two_part_rope import self_extend_group
+
+        if variant == "rerope":
+            extension = {"kind": "rerope", "window": max(1, int(length * REROPE_WINDOW_FRACTION))}
+        else:
+            window = max(1, int(length * SELF_EXTEND_WINDOW_FRACTION))
+            extension = {"kind": "self_extend", "window": window,
+                         "group": self_extend_group(target_length, length, window)}
+        return {**source, "two_part_rope": extension}
     # The RoPE-ID family: keep a RoPE-ID checkpoint's own settings, else the paper's defaults at L.
     if is_rope_id_config(config):
         params = RopeIDParameters.from_config(config).to_rope_parameters()
@@ -138,6 +163,11 @@ def variant_config(config: Any, variant: str, target_length: int, length: int | 
         new._attn_implementation = config._attn_implementation
         return new
     new = copy.deepcopy(config)
+    if variant in TWO_PART_VARIANTS:
+        from .two_part_rope import register
+
+        new.two_part_rope = rope.pop("two_part_rope")
+        new._attn_implementation = register()
     new.rope_parameters = rope
     if variant == "dynamic":
         new.max_position_embeddings = length  # dynamic NTK measures growth from max_position_embeddings
@@ -190,9 +220,12 @@ def build_variant(
 __all__ = [
     "DYNAMIC_FACTOR",
     "LENGTH_DEPENDENT_VARIANTS",
+    "DEFAULT_VARIANTS",
+    "TWO_PART_VARIANTS",
     "VARIANTS",
     "BaselineError",
     "available_variants",
+    "default_variants",
     "build_variant",
     "scale_factor",
     "training_length",

@@ -20,7 +20,7 @@ import torch
 
 from ..utils import DTYPES
 from . import diagnostics, retrieval
-from .baselines import available_variants, build_variant, training_length, variant_rope_parameters
+from .baselines import build_variant, default_variants, training_length, variant_rope_parameters
 from .errors import EvaluationError
 from .passes import perplexity_at_length
 from .text import default_text_paths, make_windows, prepends_bos, read_documents, token_stream
@@ -66,8 +66,7 @@ def resolve_settings(config, settings: EvalSettings) -> EvalSettings:
     lengths = sorted(set(settings.lengths or default_lengths(length)))
     if any(n < 2 for n in lengths):
         raise EvaluationError(f"Every length must be at least 2 tokens, got {lengths}.")
-    allowed = available_variants(config)
-    variants = list(dict.fromkeys(settings.variants or allowed))
+    variants = list(dict.fromkeys(settings.variants or default_variants(config)))
     for variant in variants:
         variant_rope_parameters(config, variant, length, length=length)  # raises BaselineError with the reason
     if not all(0.0 <= d <= 1.0 for d in settings.depths):
