@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ from hf_ropeid.atomic import write_json_atomic, write_text_atomic
 
 MULTIPLES = (1, 2, 4, 8, 16)
 LORA = dict(steps=300, batch=16, learning_rate=2e-3, r=16)  # toy: 300 x 16 x 128 = 0.61M tokens
+# Training-free baselines of the source, evaluated by `hf-ropeid eval --baselines` (arm name: variant).
+SOURCE_BASELINES = {"source": "rope", "pi_oracle": "linear", "ntk_oracle": "ntk", "yarn_oracle": "yarn",
+                    "self_extend_oracle": "self_extend", "rerope": "rerope"}
 EVAL_ARGS = ["--retrieval-template", "compact", "--depths", "0,0.25,0.5,0.75", "--samples", "8", "--needles", "4",
              "--no-diagnostics", "--tokens-per-length", "8192", "--batch-size", "16", "--position-buckets", "8"]
 # SmolLM2 (135M): a CPU budget. 60 x 4 x 256 = 61k tokens of LoRA; 1 passkey per depth; one text window at 16x.
@@ -57,6 +61,37 @@ SMOLLM2_LORA = dict(steps=60, batch=4, learning_rate=5e-4, r=16)
 SMOLLM2_EVAL_ARGS = ["--tasks", "passkey", "--depths", "0,0.25,0.5,0.75", "--samples", "1", "--no-diagnostics",
                      "--batch-size", "4", "--token-budget", "8192", "--position-buckets", "8"]
 LORA_DATA_WINDOWS = 6000
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """What one run of the route uses: the source, its L, the lengths, the shared LoRA budget, eval options."""
+
+    source_kind: str  # "toy", "smollm2", or a local Llama folder
+    training_length: int
+    multiples: tuple[int, ...]
+    lora: dict[str, Any]
+    eval_args: list[str]
+    small: bool  # a CPU budget on a large source: fewer arms
+
+    @property
+    def budget_tokens(self) -> int:
+        return self.lora["steps"] * self.lora["batch"] * self.training_length
+
+
+def route_settings(source_kind: str, training_length: int | None, multiples: tuple[int, ...],
+                   lora_steps: int | None = None, lora_batch: int | None = None) -> RouteSettings:
+    overrides = {k: v for k, v in (("steps", lora_steps), ("batch", lora_batch)) if v is not None}
+    if source_kind == "toy":
+        L = pretraining.PretrainSetup().training_length
+        return RouteSettings("toy", L, multiples, {**LORA, **overrides}, EVAL_ARGS, small=False)
+    if source_kind == "smollm2":
+        L = training_length or 256
+        return RouteSettings("smollm2", L, multiples, {**SMOLLM2_LORA, **overrides},
+                             SMOLLM2_EVAL_ARGS + ["--tokens-per-length", str(L * multiples[-1])], small=True)
+    L = training_length or 32
+    return RouteSettings(source_kind, L, multiples, {**LORA, **overrides}, SMOLLM2_EVAL_ARGS + [
+        "--tokens-per-length", str(L * multiples[-1]), "--retrieval-template", "compact"], small=True)
 
 
 def hf_ropeid(*args: str, log: Path) -> None:
@@ -73,7 +108,7 @@ def hf_ropeid(*args: str, log: Path) -> None:
 
 
 def lora_data(work: Path, setup: pretraining.PretrainSetup) -> Path:
-    """The adaptation data: training windows of the pretraining's last stage (text and copy windows), as text."""
+    """The adaptation data: training windows of the pretraining's last stage (text, recall, copy), as text."""
     path = work / "lora_data.txt"
     if path.exists():
         return path
@@ -82,11 +117,7 @@ def lora_data(work: Path, setup: pretraining.PretrainSetup) -> Path:
     rng = random.Random(12345)
     windows = []
     for _ in range(LORA_DATA_WINDOWS):
-        if rng.random() < stage.mixture.text_fraction:
-            start = rng.randrange(len(train_text) - stage.length)
-            window = list(train_text[start:start + stage.length])
-        else:
-            window = pretraining.copy_window(rng, train_text, stage.length, stage.mixture)[0]
+        window = pretraining.training_window(rng, train_text, stage.length, stage.mixture)[0]
         windows.append(bytes(window).decode("latin-1"))
     write_text_atomic(path, "\n\n".join(windows))
     return path
@@ -115,13 +146,13 @@ def yarn_source(source: Path, target: Path, factor: float, L: int) -> Path:
     return target
 
 
-def adapt(model: Path, name: str, work: Path, data: Path, L: int, seed: int, log: Path, extra: list[str],
-          lora: dict[str, Any] = LORA, held_out: Path | None = None) -> Path:
+def adapt(model: Path, name: str, work: Path, data: Path, settings: RouteSettings, seed: int, log: Path,
+          extra: list[str], held_out: Path | None = None) -> Path:
     """``hf-ropeid finetune`` (LoRA at L, the shared budget) then ``hf-ropeid merge``; returns the merged folder."""
     merged = work / f"{name}-merged"
     if merged.exists():
         return merged
-    run = work / f"{name}-lora"
+    run, L, lora = work / f"{name}-lora", settings.training_length, settings.lora
     hf_ropeid("finetune", "--model", str(model), "--output-dir", str(run), "--data", str(data), "--seq-length", str(L),
               "--max-steps", str(lora["steps"]), "--batch-size", str(lora["batch"]),
               "--learning-rate", str(lora["learning_rate"]), "--lora-r", str(lora["r"]), "--lora-dropout", "0",
@@ -132,21 +163,21 @@ def adapt(model: Path, name: str, work: Path, data: Path, L: int, seed: int, log
     return merged
 
 
-def evaluate(model: Path, name: str, work: Path, text: Path, L: int, baselines: str, log: Path,
-             eval_args: list[str] | None = None) -> dict[str, Any]:
+def evaluate(model: Path, name: str, work: Path, text: Path, settings: RouteSettings, baselines: str,
+             log: Path) -> dict[str, Any]:
     out = work / f"eval-{name}"
+    L = settings.training_length
     if not (out / "results.json").exists():
-        lengths = ",".join(str(m * L) for m in MULTIPLES)
+        lengths = ",".join(str(m * L) for m in settings.multiples)
         hf_ropeid("eval", str(model), "--out", str(out), "--lengths", lengths, "--baselines", baselines,
-                  "--training-length", str(L),
-                  "--text", str(text), "--force", *(eval_args or EVAL_ARGS), log=log)
+                  "--training-length", str(L), "--text", str(text), "--force", *settings.eval_args, log=log)
     return json.loads((out / "results.json").read_text())
 
 
-def cells(results: dict[str, Any], variant: str, L: int) -> dict[str, Any]:
+def cells(results: dict[str, Any], variant: str, settings: RouteSettings) -> dict[str, Any]:
     """``{multiple: {ppl, tail_ppl, retrieval, multikey}}`` of one evaluated variant."""
-    out = {}
-    for m in MULTIPLES:
+    out, L = {}, settings.training_length
+    for m in settings.multiples:
         n = str(m * L)
         ppl = results["perplexity"][variant][n]
         out[str(m)] = {
@@ -165,53 +196,42 @@ def smollm2_data(work: Path) -> Path:
     return path
 
 
-def run_seed(seed: int, out: Path, source_kind: str = "toy", training_length: int | None = None) -> Path:
-    """``source_kind``: "toy", "smollm2", or the path of a local Llama folder (tiny dry runs)."""
+def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path | None = None) -> Path:
+    """One seed of every arm. ``scratch_models``: the toy study's saved models (its ``models/`` folder), for the
+    from-scratch RoPE-ID reference arm."""
     work = out / "work" / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
-    global LORA, EVAL_ARGS
-    if source_kind not in ("toy", "smollm2"):
-        L = training_length or 32
-        source = Path(source_kind)
-        data, text = smollm2_data(out / "work"), held_out_text(out / "work")
-        EVAL_ARGS = SMOLLM2_EVAL_ARGS + ["--tokens-per-length", str(L * MULTIPLES[-1]), "--retrieval-template", "compact"]
-        source_tokens = 0
-    elif source_kind == "smollm2":
+    L, small = settings.training_length, settings.small
+    text = held_out_text(out / "work")
+    if settings.source_kind == "toy":
+        setup = pretraining.PretrainSetup()
+        source = pretraining.toy_source_checkpoint(seed, setup)
+        data = lora_data(out / "work", setup)
+        source_tokens = json.loads((source / "pretraining.json").read_text())["tokens"]
+    elif settings.source_kind == "smollm2":
         from hf_ropeid.assets import smollm2_checkpoint
 
-        L = training_length or 256
-        source = smollm2_checkpoint()
-        data, text = smollm2_data(out / "work"), held_out_text(out / "work")
-        LORA, EVAL_ARGS = SMOLLM2_LORA, SMOLLM2_EVAL_ARGS + ["--tokens-per-length", str(L * MULTIPLES[-1])]
+        source, data = smollm2_checkpoint(), smollm2_data(out / "work")
         source_tokens = 2_000_000_000_000  # SmolLM2-135M's pretraining: 2T tokens (its model card)
     else:
-        setup = pretraining.PretrainSetup()
-        L = setup.training_length
-        source = pretraining.toy_source_checkpoint(seed)
-        data, text = lora_data(out / "work", setup), held_out_text(out / "work")
-        source_tokens = json.loads((source / "pretraining.json").read_text())["tokens"]
-    budget = LORA["steps"] * LORA["batch"] * L
+        source, data, source_tokens = Path(settings.source_kind), smollm2_data(out / "work"), 0
+    budget = settings.budget_tokens
     arms: dict[str, Any] = {}
 
-    small = source_kind != "toy"  # a CPU budget: fewer arms on the 135M model
-    if small:
-        results = evaluate(source, "source", work, text, L, "rope", log)
-        results["perplexity"]["yarn"] = evaluate(source, "source-yarn", work, text, L, "yarn", log)["perplexity"]["yarn"]
-        yarn_retrieval = evaluate(source, "source-yarn", work, text, L, "yarn", log)["retrieval"]
-        for task, by_variant in yarn_retrieval.items():
-            results["retrieval"][task]["yarn"] = by_variant["yarn"]
+    if small:  # a CPU budget: the source and YaRN only
+        baselines = {"source": "rope", "yarn_oracle": "yarn"}
     else:
-        results = evaluate(source, "source", work, text, L, "rope,linear,ntk,yarn", log)
-    for arm, variant in (("source", "rope"), ("pi_oracle", "linear"), ("ntk_oracle", "ntk"), ("yarn_oracle", "yarn")):
-        if variant in results["perplexity"]:
-            arms[arm] = {"budget_tokens": 0, **cells(results, variant, L)}
+        baselines = SOURCE_BASELINES
+    results = evaluate(source, "source", work, text, settings, ",".join(baselines.values()), log)
+    for arm, variant in baselines.items():
+        arms[arm] = {"budget_tokens": 0, **cells(results, variant, settings)}
 
-    factor = float(MULTIPLES[-1])
-    yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, L, seed, log,
-                 ["--no-convert"], LORA, text)
-    arms["yarn_lora"] = {"budget_tokens": budget, **cells(evaluate(yarn, "yarn_lora", work, text, L, "rope", log),
-                                                          "rope", L)}
+    factor = float(settings.multiples[-1])
+    yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, settings, seed,
+                 log, ["--no-convert"], text)
+    arms["yarn_lora"] = {"budget_tokens": budget,
+                         **cells(evaluate(yarn, "yarn_lora", work, text, settings, "rope", log), "rope", settings)}
 
     conversions = {
         "rope_id_lora": [],  # the converter's defaults
@@ -228,28 +248,39 @@ def run_seed(seed: int, out: Path, source_kind: str = "toy", training_length: in
         if not converted.exists():
             hf_ropeid("convert", str(source), str(converted), "--training-length", str(L), "--no-verify", *options,
                       log=log)
-        merged = adapt(converted, arm, work, data, L, seed, log, [], LORA, text)
-        results = evaluate(merged, arm, work, text, L, "rope_id" if small else "rope_id,rope_id_no_temp", log)
+        merged = adapt(converted, arm, work, data, settings, seed, log, [], text)
+        results = evaluate(merged, arm, work, text, settings, "rope_id" if small else "rope_id,rope_id_no_temp", log)
         if small:  # with the temperature only (query_log; length_log on the NoPE channels for the window arm)
             arms[arm + ("_lenlog_nope" if arm == "p_rope_window_lora" else "")] = {
-                "budget_tokens": budget, **cells(results, "rope_id", L)}
+                "budget_tokens": budget, **cells(results, "rope_id", settings)}
         elif arm == "p_rope_window_lora":
-            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
-            arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
+            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", settings)}
+            arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", settings)}
             far = work / f"{arm}-farnorm"
             if not far.exists():
                 shutil.copytree(merged, far)
                 config = json.loads((far / "config.json").read_text())
                 config["rope_parameters"].update(far_field="log_count", temperature="none")
                 (far / "config.json").write_text(json.dumps(config, indent=2))
-            far_results = evaluate(far, arm + "_farnorm", work, text, L, "rope_id", log)
-            arms[arm + "_farnorm"] = {"budget_tokens": budget, **cells(far_results, "rope_id", L)}
+            far_results = evaluate(far, arm + "_farnorm", work, text, settings, "rope_id", log)
+            arms[arm + "_farnorm"] = {"budget_tokens": budget, **cells(far_results, "rope_id", settings)}
         else:
-            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id", L)}
-            arms[arm + "_no_temp"] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", L)}
+            arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id", settings)}
+            arms[arm + "_no_temp"] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", settings)}
 
-    record = {"seed": seed, "training_length": L, "source": str(source), "source_kind": source_kind,
-              "source_pretraining": source_tokens, "lora": LORA, "eval_args": EVAL_ARGS, "arms": arms}
+    scratch = (scratch_models / f"rope_id-seed{seed}") if scratch_models is not None else None
+    if scratch is not None and (scratch / "config.json").exists():
+        # The reference: RoPE-ID pretrained from scratch with the source's recipe and token count (the source
+        # plus this LoRA budget would be ~5% more tokens), evaluated as itself.
+        results = evaluate(scratch, "rope_id_scratch", work, text, settings, "rope_id,rope_id_no_temp", log)
+        scratch_tokens = json.loads((scratch / "pretraining.json").read_text())["tokens"]
+        arms["rope_id_scratch"] = {"budget_tokens": scratch_tokens, **cells(results, "rope_id", settings)}
+        arms["rope_id_scratch_no_temp"] = {"budget_tokens": scratch_tokens,
+                                           **cells(results, "rope_id_no_temp", settings)}
+
+    record = {"seed": seed, "training_length": L, "source": str(source), "source_kind": settings.source_kind,
+              "source_pretraining": source_tokens, "lora": settings.lora, "eval_args": settings.eval_args,
+              "multiples": list(settings.multiples), "arms": arms}
     path = out / "runs" / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)
@@ -261,14 +292,15 @@ def report(out: Path) -> dict[str, Any]:
     if not runs:
         raise SystemExit(f"error: no runs in {out / 'runs'}; run some seeds first (see --help).")
     L = runs[0]["training_length"]
-    summary: dict[str, Any] = {"training_length": L, "seeds": [r["seed"] for r in runs],
+    multiples = tuple(runs[0].get("multiples", MULTIPLES))
+    summary: dict[str, Any] = {"training_length": L, "multiples": list(multiples), "seeds": [r["seed"] for r in runs],
                                "source": runs[0].get("source_kind", "toy"),
                                "source_pretraining_tokens": runs[0]["source_pretraining"], "arms": {}}
     full: dict[str, Any] = {**summary, "arms": {}}
     for arm in runs[0]["arms"]:
         row = {"budget_tokens": runs[0]["arms"][arm]["budget_tokens"]}
         full_row = dict(row)
-        for m in MULTIPLES:
+        for m in multiples:
             cell, full_cell = {}, {}
             for metric in ("ppl", "tail_ppl", "retrieval", "multikey"):
                 values = [r["arms"][arm][str(m)][metric] for r in runs if r["arms"][arm][str(m)][metric] is not None]
@@ -288,17 +320,17 @@ def report(out: Path) -> dict[str, Any]:
 
 
 def markdown(full: dict[str, Any]) -> str:
-    L = full["training_length"]
+    L, multiples = full["training_length"], full["multiples"]
     lines = [f"Conversion route, L = {L} ({full['source_pretraining_tokens'] / 1e6:,.1f}M source pretraining "
              f"tokens), seeds {full['seeds']}: mean ± std.", ""]
     for metric, title, digits in (("tail_ppl", "tail perplexity (last quarter of each window)", 2),
                                   ("ppl", "perplexity", 2), ("retrieval", "passkey exact match", 2),
                                   ("multikey", "multi-key (4 needles) exact match", 2)):
-        lines += [f"**{title}**", "", "| arm | LoRA tokens | " + " | ".join(f"{m}x" for m in MULTIPLES) + " |",
-                  "|---|---|" + "---|" * len(MULTIPLES)]
+        lines += [f"**{title}**", "", "| arm | training tokens | " + " | ".join(f"{m}x" for m in multiples) + " |",
+                  "|---|---|" + "---|" * len(multiples)]
         for arm, row in full["arms"].items():
             values = []
-            for m in MULTIPLES:
+            for m in multiples:
                 c = row[str(m)][metric]
                 values.append("-" if c["mean"] is None else f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}")
             lines.append(f"| {arm} | {row['budget_tokens']:,} | " + " | ".join(values) + " |")
@@ -310,12 +342,13 @@ def plot(full: dict[str, Any], out: Path) -> None:
     from hf_ropeid.evaluation import plots
 
     L = full["training_length"]
-    lengths = [m * L for m in MULTIPLES]
+    lengths = [m * L for m in full["multiples"]]
     names = list(full["arms"])
     colors = plots.color_map(names)
     for metric, ylabel, log_y in (("tail_ppl", "tail perplexity", True), ("retrieval", "passkey exact match", False),
                                   ("multikey", "multi-key exact match", False)):
-        series = {name: (lengths, [full["arms"][name][str(m)][metric]["mean"] for m in MULTIPLES]) for name in names}
+        series = {name: (lengths, [full["arms"][name][str(m)][metric]["mean"] for m in full["multiples"]])
+                  for name in names}
         unit = "bytes" if full.get("source", "toy") == "toy" else "tokens"
         plots.line_plot(out / f"{metric}_vs_length.png", series, xlabel=f"context length ({unit})", ylabel=ylabel,
                         log_x=True, log_y=log_y, vline=L, colors=colors,
@@ -329,18 +362,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="merge OUT/runs into summary.json, table and plots")
     parser.add_argument("--source", default="toy", help="toy | smollm2 | a local Llama folder (dry runs)")
     parser.add_argument("--training-length", type=int, default=None, help="L for --source smollm2 (256)")
-    parser.add_argument("--multiples", default=None, help="lengths as multiples of L (default 1,2,4,8,16)")
+    parser.add_argument("--multiples", default="1,2,4,8,16", help="lengths as multiples of L")
     parser.add_argument("--lora-steps", type=int, default=None, help="override the LoRA steps (same for every arm)")
     parser.add_argument("--lora-batch", type=int, default=None, help="override the LoRA batch (same for every arm)")
+    parser.add_argument("--scratch-models", type=Path, default=Path("benchmarks/results/toy_retrieval/models"),
+                        help="the toy study's saved models: the from-scratch RoPE-ID reference arm (toy source)")
     args = parser.parse_args(argv)
-    global MULTIPLES
-    if args.multiples:
-        MULTIPLES = tuple(int(m) for m in args.multiples.split(","))
-    for table in (LORA, SMOLLM2_LORA):
-        table.update({k: v for k, v in (("steps", args.lora_steps), ("batch", args.lora_batch)) if v is not None})
+    multiples = tuple(int(m) for m in args.multiples.split(","))
+    settings = route_settings(args.source, args.training_length, multiples, args.lora_steps, args.lora_batch)
     if not args.report:
         for seed in (int(s) for s in args.seeds.split(",")):
-            print(f"wrote {run_seed(seed, args.out, args.source, args.training_length)}", flush=True)
+            path = run_seed(seed, args.out, settings, args.scratch_models if args.source == "toy" else None)
+            print(f"wrote {path}", flush=True)
     report(args.out)
     print(f"wrote {args.out / 'summary.json'}")
 

@@ -54,6 +54,7 @@ class ModelSpec:
 
     family: str
     rope: dict[str, Any] = field(default_factory=dict)
+    two_part_rope: dict[str, Any] | None = None  # Self-Extend / ReRoPE (evaluation.two_part_rope)
 
 
 EvalFn = Callable[[int, int], ModelSpec]  # (training length L, evaluation length n) -> spec
@@ -78,6 +79,21 @@ def rescaled(rope_type: str) -> EvalFn:
             return ModelSpec("llama", {"rope_theta": 10_000.0 * s ** (32 / 30)})  # theta * s^(d/(d-2)), d = 32
         extra = {"original_max_position_embeddings": L} if rope_type == "yarn" else {}
         return ModelSpec("llama", {"rope_type": rope_type, "factor": s, **extra})
+
+    return spec
+
+
+def two_part(kind: str) -> EvalFn:
+    """Plain RoPE with Self-Extend (W = L/4, oracle group) or ReRoPE (W = L/2): the evaluation baselines'
+    settings (``evaluation.baselines.variant_rope_parameters``)."""
+
+    def spec(L: int, n: int) -> ModelSpec:
+        from transformers import LlamaConfig
+
+        from hf_ropeid.evaluation.baselines import variant_rope_parameters
+
+        config = LlamaConfig(max_position_embeddings=L, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+        return ModelSpec("llama", two_part_rope=variant_rope_parameters(config, kind, n)["two_part_rope"])
 
     return spec
 
@@ -110,7 +126,8 @@ VARIANTS = {
     v.name: v
     for v in [
         Variant("rope", "RoPE, theta 1e4, all pairs", ModelSpec("llama"),
-                {"": same(ModelSpec("llama")), "+yarn": rescaled("yarn"), "+ntk": rescaled("ntk")}),
+                {"": same(ModelSpec("llama")), "+yarn": rescaled("yarn"), "+ntk": rescaled("ntk"),
+                 "+self_extend": two_part("self_extend"), "+rerope": two_part("rerope")}),
         Variant("rope_id", "RoPE-ID (the paper): half the pairs, periods 8..64", rope_id(),
                 {"": same(rope_id()), "+temp": same(rope_id(**QUERY_LOG)),
                  "+lenlog_nope": same(rope_id(**LENGTH_LOG_UNROTATED))}),
@@ -126,6 +143,10 @@ VARIANTS = {
 }
 
 
+# Trained by default; the SSMax-trained variant is opt-in (--variants ...,p_rope_win64_ssmax).
+DEFAULT_VARIANTS = ("rope", "rope_id", "p_rope", "p_rope_win64")
+
+
 def build_model(spec: ModelSpec, setup: pretraining.PretrainSetup) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -138,7 +159,13 @@ def build_model(spec: ModelSpec, setup: pretraining.PretrainSetup) -> torch.nn.M
                 "shortest_period": SHORTEST_PERIOD, **spec.rope}
         return LlamaRopeIDForCausalLM(RopeIDConfig(**common, rope_parameters=rope))
     rope = {"rope_type": "default", "rope_theta": setup.rope_theta, **spec.rope}
-    return LlamaForCausalLM(LlamaConfig(**common, rope_parameters=rope))
+    config = LlamaConfig(**common, rope_parameters=rope)
+    if spec.two_part_rope is not None:
+        from hf_ropeid.evaluation.two_part_rope import register
+
+        config.two_part_rope = spec.two_part_rope
+        config._attn_implementation = register()
+    return LlamaForCausalLM(config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,6 +219,13 @@ def run(variant: Variant, seed: int, setup: pretraining.PretrainSetup, out: Path
     torch.manual_seed(seed)  # same initial weights for every variant (same parameter shapes)
     model = build_model(variant.train, setup)
     trained = pretraining.pretrain(model, setup, seed, train_text, progress=f"{variant.name} seed {seed}")
+    if variant.name == "rope" and variant.train == ModelSpec("llama"):
+        # The plain-RoPE model is also the conversion route's source: saved where it looks for it.
+        folder = pretraining.save_toy_source(model, seed, setup, trained, pretraining.toy_source_folder(seed, setup))
+        print(f"[rope seed {seed}] saved as the toy source {folder}", file=sys.stderr, flush=True)
+    else:
+        # Kept for the conversion route's from-scratch reference arm (evaluated there by `hf-ropeid eval`).
+        pretraining.save_toy_source(model, seed, setup, trained, out / "models" / f"{variant.name}-seed{seed}")
     state = model.state_dict()
     data = eval_data(lengths, held_out)
     results: dict[str, dict[str, Any]] = {}
@@ -300,12 +334,13 @@ def plot(full: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/toy_retrieval"))
     parser.add_argument("--report", action="store_true", help="merge the runs under OUT/runs into the summary")
-    parser.add_argument("--stage1-steps", type=int, default=None, help="override (smoke tests)")
-    parser.add_argument("--stage2-steps", type=int, default=None, help="override (smoke tests)")
+    parser.add_argument("--stage-steps", default=None,
+                        help="comma-separated steps of each curriculum stage (default: pretraining.DEFAULT_STAGES)")
     args = parser.parse_args(argv)
     if args.report:
         report(args.out)
@@ -315,12 +350,13 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"error: unknown variant(s) {unknown}; accepted: {', '.join(VARIANTS)}")
     setup = pretraining.PretrainSetup()
-    if args.stage1_steps is not None or args.stage2_steps is not None:
+    if args.stage_steps:
         from dataclasses import replace
 
-        first, second = setup.stages
-        setup = replace(setup, stages=(replace(first, steps=args.stage1_steps or first.steps),
-                                       replace(second, steps=args.stage2_steps or second.steps)))
+        steps = [int(s) for s in args.stage_steps.split(",")]
+        if len(steps) != len(setup.stages):
+            raise SystemExit(f"error: --stage-steps needs {len(setup.stages)} numbers, got {args.stage_steps!r}")
+        setup = replace(setup, stages=tuple(replace(stage, steps=n) for stage, n in zip(setup.stages, steps)))
     for seed in (int(s) for s in args.seeds.split(",")):
         for name in args.variants.split(","):
             print(f"wrote {run(VARIANTS[name], seed, setup, args.out)}")

@@ -175,25 +175,22 @@ def recall_window(rng: random.Random, text: bytes, length: int, facts: tuple[int
     return window[:length], copied[:length]
 
 
+def training_window(rng: random.Random, text: bytes, length: int, mixture: CopyMixture) -> tuple[list[int], list[int]]:
+    """One window of ``mixture`` (text, recall or copy, by its fractions): (``length`` bytes, copy mask)."""
+    kind = rng.random()
+    if kind < mixture.text_fraction:
+        start = rng.randrange(len(text) - length)
+        return list(text[start:start + length]), [0] * length
+    if kind < mixture.text_fraction + mixture.recall_fraction:
+        return recall_window(rng, text, length, mixture.recall_facts)
+    return copy_window(rng, text, length, mixture)
+
+
 def training_batch(
     rng: random.Random, text: bytes, length: int, batch: int, mixture: CopyMixture
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input ids ``[batch, length]`` starting with BOS, next-byte labels, copy mask) of one training step."""
-    windows, masks = [], []
-    for _ in range(batch):
-        kind = rng.random()
-        if kind < mixture.text_fraction:
-            start = rng.randrange(len(text) - length)
-            windows.append(list(text[start:start + length]))
-            masks.append([0] * length)
-        elif kind < mixture.text_fraction + mixture.recall_fraction:
-            window, mask = recall_window(rng, text, length, mixture.recall_facts)
-            windows.append(window)
-            masks.append(mask)
-        else:
-            window, mask = copy_window(rng, text, length, mixture)
-            windows.append(window)
-            masks.append(mask)
+    windows, masks = zip(*(training_window(rng, text, length, mixture) for _ in range(batch)))
     labels = torch.tensor(windows, dtype=torch.long)
     inputs = torch.cat([torch.full((batch, 1), BOS_ID, dtype=torch.long), labels[:, :-1]], dim=1)
     return inputs, labels, torch.tensor(masks, dtype=torch.bool)
@@ -213,14 +210,20 @@ class Stage:
     mixture: CopyMixture
 
 
-# Induction heads form far sooner in short windows of pure copy data (few candidates to match, every
-# window dense with repeats) than in long windows or text: stage 1 forms them at 32 bytes, stage 2 teaches
-# text at the training length while copy windows (random strings and text fragments, repeated at random
-# distances) keep the skill and stretch it over the whole window.
+# Induction heads form far sooner in short windows of pure copy data (few candidates to match, every window
+# dense with repeats) than in long windows or in text, and the skill survives when the length grows in steps
+# (copy accuracy 82% at 32 bytes after 1500 steps, then 75% at 64 and 63% at 128 with no text;
+# benchmarks/toy_copy_probes/gradual_probe.py). The last stage, at the training length, is mostly recall
+# windows (key-value facts planted in text and asked later), which turn copying into retrieval of a fact at a
+# random distance, plus copy windows and plain text. Jumping straight from 32 to 128 bytes with text lost the
+# skill, and recall windows alone at 128 formed nothing in 2000 steps (benchmarks/RESULTS.md §6).
+COPY_ALPHABET = b"abcdefghijklmnopqrstuv0123456789"  # 32 symbols, every digit (retrieval answers are numbers)
 DEFAULT_STAGES = (
-    Stage(length=32, steps=1500, batch=64, mixture=CopyMixture()),
-    Stage(length=128, steps=800, batch=32, mixture=CopyMixture(
-        text_fraction=0.5, string_probability=0.5, segment_length=(4, 24), gap_length=(0, 96))),
+    Stage(length=32, steps=1500, batch=64, mixture=CopyMixture(alphabet=COPY_ALPHABET)),
+    Stage(length=64, steps=600, batch=32, mixture=CopyMixture(
+        recall_fraction=0.5, segment_length=(3, 12), gap_length=(0, 40), alphabet=COPY_ALPHABET)),
+    Stage(length=128, steps=1800, batch=32, mixture=CopyMixture(
+        text_fraction=0.1, recall_fraction=0.7, segment_length=(3, 16), gap_length=(0, 96), alphabet=COPY_ALPHABET)),
 )
 
 
@@ -343,19 +346,12 @@ def toy_source_checkpoint(
     folder with the same settings is reused. The folder is an ordinary HF checkpoint with its tokenizer, plus
     ``pretraining.json`` (setup, seed, tokens, seconds, loss curve).
     """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from .assets import cache_dir
-    from .atomic import atomic_directory
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     setup = setup or PretrainSetup()
-    target = Path(out) if out is not None else cache_dir() / toy_source_name(seed, setup)
-    record_path = target / "pretraining.json"
-    wanted = {"seed": seed, "setup": json.loads(json.dumps(asdict(setup), default=str))}
-    if not force and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if {"seed": record.get("seed"), "setup": record.get("setup")} == wanted:
-            return target
+    target = toy_source_folder(seed, setup, out)
+    if not force and _record_matches(target, seed, setup):
+        return target
     train_text, _ = shakespeare_split()
     torch.manual_seed(seed)
     config = LlamaConfig(**model_config_kwargs(setup), rope_parameters={"rope_type": "default",
@@ -364,11 +360,44 @@ def toy_source_checkpoint(
     print(f"[hf-ropeid] pretraining {toy_source_name(seed, setup)} from scratch ({setup.tokens / 1e6:.1f}M "
           f"tokens, {setup.steps} steps; minutes on one CPU core) into {target}", file=sys.stderr, flush=True)
     trained = pretrain(model, setup, seed, train_text, progress=toy_source_name(seed, setup))
+    return save_toy_source(model, seed, setup, trained, target)
+
+
+def toy_source_folder(seed: int, setup: PretrainSetup, out: str | Path | None = None) -> Path:
+    """Where the toy source of ``seed`` and ``setup`` lives (default: the asset cache)."""
+    from .assets import cache_dir
+
+    return Path(out) if out is not None else cache_dir() / toy_source_name(seed, setup)
+
+
+def _wanted_record(seed: int, setup: PretrainSetup) -> dict[str, Any]:
+    return {"seed": seed, "setup": json.loads(json.dumps(asdict(setup), default=str))}
+
+
+def _record_matches(target: Path, seed: int, setup: PretrainSetup) -> bool:
+    record_path = target / "pretraining.json"
+    if not record_path.is_file():
+        return False
+    record = json.loads(record_path.read_text())
+    return {"seed": record.get("seed"), "setup": record.get("setup")} == _wanted_record(seed, setup)
+
+
+def save_toy_source(model: torch.nn.Module, seed: int, setup: PretrainSetup, trained: dict[str, Any],
+                    target: Path) -> Path:
+    """Writes a pretrained plain-RoPE toy (``LlamaForCausalLM``) as the toy source folder, atomically.
+
+    The toy study's ``rope`` runs save through here too, so the conversion route reuses them instead of
+    training the same model again (same seed, setup, data order and initial weights).
+    """
+    from transformers import GenerationConfig
+
+    from .atomic import atomic_directory
+
     with atomic_directory(target, force=True) as partial:
         model.save_pretrained(partial)
         byte_tokenizer().save_pretrained(partial)
         GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(partial)
-        record = {**wanted, "tokens": setup.tokens, **trained,
-                  "data": "Shakespeare (all works but Hamlet) and copy windows, see hf_ropeid/pretraining.py"}
+        record = {**_wanted_record(seed, setup), "tokens": setup.tokens, **trained,
+                  "data": "Shakespeare (all works but Hamlet), copy and recall windows, see hf_ropeid/pretraining.py"}
         (partial / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
     return target

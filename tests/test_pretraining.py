@@ -33,6 +33,42 @@ def tiny_setup(**overrides) -> pretraining.PretrainSetup:
     return pretraining.PretrainSetup(**{**values, **overrides})
 
 
+def test_recall_window_asks_each_fact_after_it_and_marks_only_the_recalled_digits():
+    import re
+
+    rng = random.Random(0)
+    text = synthetic_text()  # lower-case words: no digits, so every digit belongs to a fact or an answer
+    asked = 0
+    for _ in range(200):
+        window, copied = pretraining.recall_window(rng, text, 160, (1, 4))
+        assert len(window) == len(copied) == 160
+        data = bytes(window).decode()
+        facts = {m.group(1): (m.start(), m.group(2)) for m in re.finditer(r" ([a-z ]+): ([0-9]+)\. ", data)}
+        for m in re.finditer(r" ([a-z ]+): ([0-9]+)(?!\.)(?=\D|$)", data):
+            key, value = m.group(1).split("  ")[-1], m.group(2)
+            key = next((k for k in facts if key.endswith(k)), None)
+            if key is None or m.end() == len(data):
+                continue  # a question cut by the window's end
+            start, fact_value = facts[key]
+            assert start < m.start() and fact_value == value  # asked after its fact, same value
+            digits = range(m.start(2), m.end(2))
+            assert [copied[i] for i in digits] == [1] * len(value)
+            asked += 1
+        # Only recalled digits are marked, and each marked byte is a digit of an answer.
+        assert all(chr(window[i]).isdigit() for i, c in enumerate(copied) if c)
+    assert asked > 150
+
+
+def test_training_window_follows_the_mixture_fractions():
+    rng = random.Random(0)
+    mixture = pretraining.CopyMixture(text_fraction=0.3, recall_fraction=0.5)
+    kinds = {"text": 0, "marked": 0}
+    for _ in range(400):
+        window, copied = pretraining.training_window(rng, synthetic_text(), 64, mixture)
+        kinds["text" if not any(copied) and not any(chr(b).isdigit() for b in window) else "marked"] += 1
+    assert 0.2 < kinds["text"] / 400 < 0.4
+
+
 @pytest.mark.parametrize("string_probability", [1.0, 0.5])
 def test_copy_window_marks_exactly_the_bytes_that_repeat_their_segment(string_probability):
     mixture = pretraining.CopyMixture(string_probability=string_probability, segment_length=(3, 9),

@@ -1,6 +1,6 @@
 """Gradual length curriculum probe: does copying learnt at 32 bytes survive 64 and 128 bytes?
 
-Env: STAGES, a list of "length:steps:batch:recall:text:gap:segmax" (recall/text window fractions; the rest are
+Env: INIT (a state dict to start from), WARMUP, ALPHABET, STAGES, a list of "length:steps:batch:recall:text:gap:segmax" (recall/text window fractions; the rest are
 random-string segment-gap-segment copy windows), LR, SCHEDULE, TIE, NAME. Prints, every 250 steps, copy
 accuracy on held-out copy windows at the current stage's length and at 128, and the evaluation suite's compact
 passkey / multikey accuracy and Hamlet loss at 128.
@@ -27,8 +27,8 @@ for spec in e("STAGES", "32:1500:64:0:0:8:8,64:600:32:0:0:40:12,128:600:16:0:0:9
     n, steps, batch, recall, text, gap, segmax = spec.split(":")
     stages.append(P.Stage(int(n), int(steps), int(batch), P.CopyMixture(
         text_fraction=float(text), recall_fraction=float(recall), segment_length=(3, int(segmax)),
-        gap_length=(0, int(gap)), alphabet=P.RANDOM_STRING_ALPHABET[:32])))
-setup = P.PretrainSetup(lr=float(e("LR", "3e-3")), schedule=e("SCHEDULE", "constant"), tie_embeddings=bool(int(e("TIE", "0"))),
+        gap_length=(0, int(gap)), alphabet=e("ALPHABET", "abcdefghijklmnopqrstuvwxyz012345").encode())))
+setup = P.PretrainSetup(lr=float(e("LR", "3e-3")), warmup=int(e("WARMUP", "100")), schedule=e("SCHEDULE", "constant"), tie_embeddings=bool(int(e("TIE", "0"))),
                         stages=tuple(stages))
 train, held = P.shakespeare_split()
 tok = P.byte_tokenizer()
@@ -59,6 +59,8 @@ torch.manual_seed(0)
 cfg = LlamaConfig(**P.model_config_kwargs(setup), rope_parameters={"rope_type": "default", "rope_theta": 1e4})
 cfg._attn_implementation = "sdpa"
 model = LlamaForCausalLM(cfg)
+if e("INIT"):
+    model.load_state_dict(torch.load(e("INIT")))
 result = P.pretrain(model, setup, 0, train, progress=e("NAME", "gradual"), probe=probe)
 torch.save(model.state_dict(), f"/tmp/probe/{e('NAME', 'gradual')}.pt")
 print("final", result["probes"][-1], "s/step", round(result["seconds_per_step"], 3), flush=True)
