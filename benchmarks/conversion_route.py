@@ -16,8 +16,11 @@ Arms:
 - ``rope_id_lora``: ``hf-ropeid convert`` with its defaults + LoRA;
 - ``rope_id_paper_lora``: the paper's spectrum (periods 8..64) + LoRA;
 - ``p_rope_window_lora``: half the pairs at their original frequencies, ``rotary_window = L/2`` + LoRA,
-  evaluated without and with the unrotated-channel temperature (``..._lenlog_nope``) and the far-field
-  normalisation (``..._farnorm``): the toy study's configurations.
+  evaluated without a temperature, with the length-log temperature on the unrotated channels only
+  (``..._lenlog_nope``), on every channel (``..._lenlog``), and with the far-field normalisation
+  (``..._farnorm``): the toy study's configurations;
+- ``self_extend_oracle``, ``rerope``: the training-free extensions that keep the source exact inside a window;
+- ``rope_id_scratch``: the toy study's RoPE-ID model pretrained from scratch (the reference).
 
 ``--source smollm2 --training-length 256`` runs the same route on SmolLM2-135M-Instruct with a pretended
 training length (what the route does to a model that retrieves well, adapted at a short length). It cannot
@@ -256,14 +259,19 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
         elif arm == "p_rope_window_lora":
             arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", settings)}
             arms[arm + "_lenlog_nope"] = {"budget_tokens": budget, **cells(results, "rope_id", settings)}
-            far = work / f"{arm}-farnorm"
-            if not far.exists():
-                shutil.copytree(merged, far)
-                config = json.loads((far / "config.json").read_text())
-                config["rope_parameters"].update(far_field="log_count", temperature="none")
-                (far / "config.json").write_text(json.dumps(config, indent=2))
-            far_results = evaluate(far, arm + "_farnorm", work, text, settings, "rope_id", log)
-            arms[arm + "_farnorm"] = {"budget_tokens": budget, **cells(far_results, "rope_id", settings)}
+            # Inference-time settings of the same merged weights (both are exactly 1 / 0 inside L, so LoRA
+            # training is the same with or without them): the toy study's far-field normalisation and its
+            # length-log temperature on every channel, the one that kept retrieval far past L there.
+            for suffix, rope in (("_farnorm", {"far_field": "log_count", "temperature": "none"}),
+                                 ("_lenlog", {"temperature": "length_log", "temperature_channels": "all"})):
+                variant_folder = work / f"{arm}-{suffix[1:]}"
+                if not variant_folder.exists():
+                    shutil.copytree(merged, variant_folder)
+                    config = json.loads((variant_folder / "config.json").read_text())
+                    config["rope_parameters"].update(rope)
+                    (variant_folder / "config.json").write_text(json.dumps(config, indent=2))
+                variant_results = evaluate(variant_folder, arm + suffix, work, text, settings, "rope_id", log)
+                arms[arm + suffix] = {"budget_tokens": budget, **cells(variant_results, "rope_id", settings)}
         else:
             arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id", settings)}
             arms[arm + "_no_temp"] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", settings)}
