@@ -111,18 +111,26 @@ def hf_ropeid(*args: str, log: Path) -> None:
 
 
 def lora_data(work: Path, setup: pretraining.PretrainSetup) -> Path:
-    """The adaptation data: training windows of the pretraining's last stage (text, recall, copy), as text."""
-    path = work / "lora_data.txt"
+    """The adaptation data: training windows of the pretraining's last stage (text, recall, copy), one JSON
+    record each.
+
+    Each window is its own document of L - 2 bytes, so that with the tokenizer's BOS and the packer's EOS every
+    packed block of L tokens is exactly one window starting with BOS, as in pretraining. (One text file of
+    windows packed into blocks that do not start with BOS took the source's passkey from 88% to 6% at 1x after
+    LoRA on the unchanged source: the toy attends to BOS as its sink.)
+    """
+    path = work / "lora_data.jsonl"
     if path.exists():
         return path
     train_text, _ = pretraining.shakespeare_split()
     stage = setup.stages[-1]
     rng = random.Random(12345)
-    windows = []
+    records = []
     for _ in range(LORA_DATA_WINDOWS):
-        window = pretraining.training_window(rng, train_text, stage.length, stage.mixture)[0]
-        windows.append(bytes(window).decode("latin-1"))
-    write_text_atomic(path, "\n\n".join(windows))
+        window = pretraining.training_window(rng, train_text, stage.length - 2, stage.mixture)[0]
+        # Bytes >= 128 would become two tokens and shift every later block off its window.
+        records.append(json.dumps({"text": bytes(b if b < 128 else ord("?") for b in window).decode("ascii")}))
+    write_text_atomic(path, "\n".join(records) + "\n")
     return path
 
 
