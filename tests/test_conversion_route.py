@@ -36,3 +36,23 @@ def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_l
     yarn = json.loads((out / "work" / "seed0" / "yarn_lora-merged" / "config.json").read_text())
     assert yarn["rope_parameters"]["rope_type"] == "yarn" and yarn["rope_parameters"]["factor"] == 2.0
     assert (out / "results.md").exists() and (out / "retrieval_vs_length.png").exists()
+
+
+def test_toy_lora_data_packs_into_blocks_that_each_start_with_bos(tmp_path, monkeypatch):
+    """The toy attends to BOS as its sink: LoRA blocks without it took the source's passkey from 88% to 6%."""
+    from hf_ropeid.data import DataSource, build_training_blocks
+
+    words = b" ".join([b"to be or not to be that is the question"] * 400)
+    monkeypatch.setattr(pretraining, "shakespeare_split", lambda: (words, words[:6000]))
+    spec = importlib.util.spec_from_file_location("conversion_route_data", SCRIPT)
+    route = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, route)
+    spec.loader.exec_module(route)
+    monkeypatch.setattr(route, "LORA_DATA_WINDOWS", 40)
+    setup = pretraining.PretrainSetup()
+    path = route.lora_data(tmp_path, setup)
+    L = setup.training_length
+    blocks, _ = build_training_blocks(DataSource(paths=(str(path),)), pretraining.byte_tokenizer(), L, seed=0)
+    ids = blocks["input_ids"]
+    assert len(ids) == 40
+    assert all(block[0] == pretraining.BOS_ID and block[-1] == pretraining.EOS_ID for block in ids)
