@@ -292,11 +292,39 @@ def report(out: Path) -> dict[str, Any]:
     summary["pretraining_tokens"] = full["pretraining_tokens"] = runs[0]["pretraining_tokens"]
     summary["seconds_per_step"] = full["seconds_per_step"] = statistics.fmean(
         r["training"]["seconds_per_step"] for r in runs)
+    full["goal"] = goal_check(per_config)
     write_json_atomic(out / "summary.json", summary)
     write_json_atomic(out / "summary_full.json", full)
     write_text_atomic(out / "results.md", markdown(full))
     plot(full, out)
     return summary
+
+
+def goal_check(per_config: dict[str, dict[int, dict]]) -> dict[str, Any]:
+    """The issue's goal, seed by seed against the same seed's RoPE and oracle YaRN.
+
+    Per configuration: 1x retrieval >= 0.9; 16x retrieval >= 0.9 x its 1x; 16x tail loss within 5% of 1x;
+    better than RoPE + oracle YaRN on retrieval and tail loss at every length above L; 1x tail loss at most
+    0.005 nats above RoPE's. ``met`` only if every seed passes every part.
+    """
+    rope, yarn = per_config.get("rope", {}), per_config.get("rope+yarn", {})
+    above = [str(m) for m in MULTIPLES if m > 1]
+    out: dict[str, Any] = {}
+    for name, by_seed in per_config.items():
+        seeds = [s for s in sorted(by_seed) if s in rope and s in yarn]
+        parts: dict[str, list[bool]] = {k: [] for k in ("retrieval_1x", "retrieval_kept_16x", "tail_flat_16x",
+                                                        "beats_yarn", "inside_L_vs_rope")}
+        for s in seeds:
+            row = by_seed[s]
+            parts["retrieval_1x"].append(row["1"]["retrieval"] >= 0.9)
+            parts["retrieval_kept_16x"].append(row["16"]["retrieval"] >= 0.9 * row["1"]["retrieval"])
+            parts["tail_flat_16x"].append(row["16"]["tail_loss"] <= 1.05 * row["1"]["tail_loss"])
+            parts["beats_yarn"].append(all(row[m]["retrieval"] > yarn[s][m]["retrieval"]
+                                           and row[m]["tail_loss"] < yarn[s][m]["tail_loss"] for m in above))
+            parts["inside_L_vs_rope"].append(row["1"]["tail_loss"] - rope[s]["1"]["tail_loss"] <= 0.005)
+        out[name] = {"seeds": seeds, **{k: f"{sum(v)}/{len(v)}" for k, v in parts.items()},
+                     "met": bool(seeds) and all(all(v) for v in parts.values())}
+    return out
 
 
 def markdown(full: dict[str, Any]) -> str:
@@ -312,6 +340,16 @@ def markdown(full: dict[str, Any]) -> str:
             cells = [f"{row[str(m)][metric]['mean']:.{digits}f} ± {row[str(m)][metric]['std']:.{digits}f}"
                      for m in MULTIPLES]
             lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    goal = full.get("goal") or {}
+    if goal:
+        keys = ("retrieval_1x", "retrieval_kept_16x", "tail_flat_16x", "beats_yarn", "inside_L_vs_rope")
+        lines += ["**Goal check, seeds passing each part** (1x retrieval >= 0.9; 16x retrieval >= 0.9 x 1x; 16x tail "
+                  "loss <= 1.05 x 1x; beats the same seed's oracle YaRN on both metrics at every length above L; 1x "
+                  "tail loss <= RoPE's + 0.005)", "",
+                  "| configuration | " + " | ".join(keys) + " | met |", "|---|" + "---|" * (len(keys) + 1)]
+        for name, row in goal.items():
+            lines.append(f"| {name} | " + " | ".join(row[k] for k in keys) + f" | {'yes' if row['met'] else 'no'} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -267,3 +267,25 @@ def test_conversion_route_report_writes_the_summary_contract(tmp_path):
     assert summary["arms"]["source"]["16"]["multikey"] is None
     assert summary["arms"]["yarn_lora"]["budget_tokens"] == 100
     assert (tmp_path / "retrieval_vs_length.png").exists()
+
+
+def test_toy_retrieval_goal_check_is_seed_by_seed():
+    toy = load("toy_retrieval")
+
+    def row(ret1, ret16, tail1, tail16, mid_ret=0.5, mid_tail=1.0):
+        cells = {"1": {"retrieval": ret1, "tail_loss": tail1}, "16": {"retrieval": ret16, "tail_loss": tail16}}
+        cells.update({str(m): {"retrieval": mid_ret, "tail_loss": mid_tail} for m in (2, 4, 8)})
+        return cells
+
+    per_config = {
+        "rope": {0: row(0.9, 0.0, 1.000, 3.0), 1: row(0.9, 0.0, 1.000, 3.0)},
+        "rope+yarn": {0: row(0.9, 0.0, 1.000, 2.0, 0.1, 1.5), 1: row(0.9, 0.0, 1.000, 2.0, 0.1, 1.5)},
+        "good": {0: row(0.95, 0.9, 1.004, 1.05), 1: row(0.92, 0.85, 1.003, 1.04)},
+        "one_seed_short": {0: row(0.95, 0.9, 1.004, 1.05), 1: row(0.95, 0.5, 1.003, 1.04)},
+        "worse_inside": {0: row(0.95, 0.9, 1.010, 1.05), 1: row(0.95, 0.9, 1.010, 1.05)},
+    }
+    goal = toy.goal_check(per_config)
+    assert goal["good"]["met"] and goal["good"]["retrieval_kept_16x"] == "2/2"
+    assert not goal["one_seed_short"]["met"] and goal["one_seed_short"]["retrieval_kept_16x"] == "1/2"
+    assert not goal["worse_inside"]["met"] and goal["worse_inside"]["inside_L_vs_rope"] == "0/2"
+    assert not goal["rope+yarn"]["met"]  # cannot beat itself
