@@ -313,13 +313,15 @@ def report(out: Path) -> dict[str, Any]:
                                "source": runs[0].get("source_kind", "toy"),
                                "source_pretraining_tokens": runs[0]["source_pretraining"], "arms": {}}
     full: dict[str, Any] = {**summary, "arms": {}}
-    for arm in runs[0]["arms"]:
-        row = {"budget_tokens": runs[0]["arms"][arm]["budget_tokens"]}
+    arm_names = list(dict.fromkeys(arm for r in runs for arm in r["arms"]))
+    for arm in arm_names:
+        having = [r for r in runs if arm in r["arms"]]  # e.g. the scratch reference exists only where trained
+        row = {"budget_tokens": having[0]["arms"][arm]["budget_tokens"], "seeds": [r["seed"] for r in having]}
         full_row = dict(row)
         for m in multiples:
             cell, full_cell = {}, {}
             for metric in ("ppl", "tail_ppl", "retrieval", "multikey"):
-                values = [r["arms"][arm][str(m)][metric] for r in runs if r["arms"][arm][str(m)][metric] is not None]
+                values = [r["arms"][arm][str(m)][metric] for r in having if r["arms"][arm][str(m)][metric] is not None]
                 mean = statistics.fmean(values) if values else None
                 cell[metric] = mean
                 full_cell[metric] = {"mean": mean, "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -349,7 +351,7 @@ def markdown(full: dict[str, Any]) -> str:
             for m in multiples:
                 c = row[str(m)][metric]
                 values.append("-" if c["mean"] is None else f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}")
-            lines.append(f"| {arm} | {row['budget_tokens']:,} | " + " | ".join(values) + " |")
+            lines.append(f"| {arm} ({len(row['seeds'])} seeds) | {row['budget_tokens']:,} | " + " | ".join(values) + " |")
         lines.append("")
     return "\n".join(lines)
 
