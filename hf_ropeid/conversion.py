@@ -42,7 +42,7 @@ from .assets import PROVENANCE_FILE
 from .atomic import atomic_directory, check_target, write_json_atomic
 from .configuration_rope_id import RopeIDConfig
 from .errors import HfRopeIDError
-from .parameters import ROPE_ID_OPTION_KEYS, parse_auto_turns
+from .parameters import ROPE_ID_OPTION_KEYS, apply_recipe, parse_auto_turns
 from .rope_id import RopeIDParameterError, original_inv_freq
 from .utils import DTYPES, SAFETENSORS_DTYPES, head_dim_of, say, sha256_file
 
@@ -146,23 +146,26 @@ def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfi
 
     Unset parameters take ``DEFAULT_CONVERSION`` (spectrum; rotary_fraction from
     ``DEFAULT_ROTARY_FRACTION`` for that spectrum), then RoPE-ID's own defaults;
-    ``training_length`` defaults to the source's ``max_position_embeddings``.
+    ``training_length`` defaults to the source's ``max_position_embeddings``. ``recipe`` (a name of
+    ``parameters.RECIPES``) fills the parameters not given before those defaults.
     """
     check_source_config(source_config)
+    recipe = rope_id_parameters.pop("recipe", None)
     unknown = sorted(set(rope_id_parameters) - set(ROPE_ID_OPTION_KEYS))
     if unknown:
         raise RopeIDParameterError(
             f"Unknown RoPE-ID parameter(s) {unknown}; accepted: {', '.join(ROPE_ID_OPTION_KEYS)}."
         )
     params = {k: v for k, v in rope_id_parameters.items() if v is not None}
-    params.setdefault("spectrum", DEFAULT_CONVERSION["spectrum"])
-    params.setdefault(
-        "rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"])
-    )
     params.setdefault("training_length", source_config.max_position_embeddings)
     length = params["training_length"]
     if isinstance(length, bool) or not isinstance(length, (int, float)) or int(length) != length or length < 2:
         raise RopeIDParameterError(f"training_length must be a whole number of tokens, at least 2, got {length!r}.")
+    params = apply_recipe(params, recipe)
+    params.setdefault("spectrum", DEFAULT_CONVERSION["spectrum"])
+    params.setdefault(
+        "rotary_fraction", DEFAULT_ROTARY_FRACTION.get(params["spectrum"], DEFAULT_CONVERSION["rotary_fraction"])
+    )
     if isinstance(params["rotary_fraction"], str):
         params["rotary_fraction"] = auto_rotary_fraction(
             head_dim_of(source_config),

@@ -11,6 +11,32 @@ import math
 from .rope_id import PARAMETER_KEYS, RopeIDParameterError
 
 ROPE_ID_OPTION_KEYS = ("rope_theta", *PARAMETER_KEYS)
+# What convert and finetune pass to the conversion: the parameters and the name of a recipe.
+CONVERSION_OPTION_KEYS = ("recipe", *ROPE_ID_OPTION_KEYS)
+
+# Named sets of RoPE-ID parameters for a conversion; options given explicitly override them.
+# "far-context": the configuration that kept passkey retrieval far past L in the measurements
+# (benchmarks/RESULTS.md §6 from scratch and §10 converted + LoRA; byte-level toys): half the pairs at their
+# original frequencies, keys L/2 or more tokens back scored by the unrotated half only, and the length-log
+# temperature ln(p)/ln(L) past L on every channel. Its attention needs RoPE-ID's own eager / sdpa kernels:
+# vLLM, llama.cpp (GGUF) and flash-attention cannot run it, which is why it is not the default.
+RECIPES: dict[str, dict] = {
+    "far-context": {"spectrum": "original", "rotary_fraction": 0.5, "rotary_window": "half",
+                    "temperature": "length_log", "temperature_channels": "all"},
+}
+
+
+def apply_recipe(params: dict, recipe: str | None) -> dict:
+    """``params`` with the recipe's values filled in where not given (``training_length`` must be set)."""
+    if recipe is None:
+        return params
+    if recipe not in RECIPES:
+        raise RopeIDParameterError(f"Unknown recipe {recipe!r}; accepted: {', '.join(RECIPES)}.")
+    out = dict(params)
+    for key, value in RECIPES[recipe].items():
+        if out.get(key) is None:
+            out[key] = max(1, int(out["training_length"]) // 2) if value == "half" else value
+    return out
 
 
 def parse_rotary_fraction(value: str | float | None) -> float | str | None:

@@ -40,7 +40,7 @@ from typing import Any
 from .atomic import atomic_directory, atomic_file, check_target, partial_path, write_json_atomic
 from .data import DataSource, build_training_blocks, load_held_out, window_tokens
 from .errors import HfRopeIDError, require
-from .parameters import ROPE_ID_OPTION_KEYS, parse_rotary_fraction
+from .parameters import CONVERSION_OPTION_KEYS, RECIPES, parse_rotary_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class ConversionArguments:
     )
     channel_selection: str = _help("Which channel pairs keep rotating in the conversion.", default="frequency")
     trust_remote_code: bool = _help("Allow remote code for models that are neither Llama nor RoPE-ID.", default=False)
+    recipe: str | None = _help(f"Named set of the RoPE-ID options (conversion): {' | '.join(RECIPES)}.", default=None)
     rope_theta: float | None = _help("Base of the original spectrum (conversion; default: the model's).", default=None)
     training_length: int | None = _help(
         "L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None
@@ -127,7 +128,7 @@ class ConversionArguments:
             raise TrainingError(f"--rotary-fraction: {err}") from None
 
     def rope_id_parameters(self) -> dict[str, Any]:
-        values = {k: getattr(self, k) for k in ROPE_ID_OPTION_KEYS if getattr(self, k) is not None}
+        values = {k: getattr(self, k) for k in CONVERSION_OPTION_KEYS if getattr(self, k) is not None}
         if "rotary_fraction" in values:
             values["rotary_fraction"] = parse_rotary_fraction(values["rotary_fraction"])
         return values

@@ -59,3 +59,15 @@ def test_a_missing_extra_is_named(monkeypatch):
 def test_python_dash_m_runs_the_command_line():
     done = subprocess.run([sys.executable, "-m", "hf_ropeid.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "finetune" in done.stdout
+
+
+def test_recipe_is_an_option_of_convert_and_finetune_and_an_unknown_one_is_one_line(tmp_path):
+    from hf_ropeid.training import FinetuneArguments
+
+    for command in ("convert", "finetune"):
+        assert "--recipe" in option_names(command)
+    result = CliRunner().invoke(app, ["convert", "missing-model", str(tmp_path / "out"), "--recipe", "long"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    arguments = FinetuneArguments.from_flat(model="m", data=["d"], output_dir="o", recipe="far-context")
+    assert arguments.model.rope_id_parameters()["recipe"] == "far-context"

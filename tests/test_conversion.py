@@ -572,3 +572,19 @@ def test_serving_length_is_16_l_for_engines_and_changes_nothing_the_model_comput
     with pytest.raises(ConversionError, match="at least the training length 64"):
         convert_checkpoint(tiny_llama_dir, tmp_path / "short", verify=False, training_length=L, serving_length=32,
                            shortest_period=8.0)
+
+
+def test_far_context_recipe_fills_the_unset_parameters_and_explicit_options_win():
+    config = tiny_llama().config  # L = 128
+    recipe = conversion.rope_id_config(config, recipe="far-context").rope_parameters
+    assert recipe["spectrum"] == "original" and recipe["rotary_fraction"] == 0.5
+    assert recipe["rotary_window"] == 64 and recipe["temperature"] == "length_log"
+    assert recipe["temperature_channels"] == "all"
+    overridden = conversion.rope_id_config(config, recipe="far-context", rotary_window=32, training_length=256)
+    assert overridden.rope_parameters["rotary_window"] == 32 and overridden.rope_parameters["training_length"] == 256
+    assert conversion.rope_id_config(config, recipe="far-context", training_length=256).rope_parameters[
+        "rotary_window"] == 128  # L/2 of the L given
+    default = conversion.rope_id_config(config).rope_parameters
+    assert default.get("rotary_window") is None and default["spectrum"] != "original"  # the default is unchanged
+    with pytest.raises(RopeIDParameterError, match="Unknown recipe 'long'; accepted: far-context"):
+        conversion.rope_id_config(config, recipe="long")

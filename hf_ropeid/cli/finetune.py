@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from ..conversion import CHANNEL_SELECTIONS
-from ..parameters import ROPE_ID_OPTION_KEYS
+from ..parameters import CONVERSION_OPTION_KEYS
 from ..training import ARGUMENT_GROUPS, FinetuneArguments, train
 from . import options as opts
 
@@ -29,7 +29,7 @@ def _field_options() -> list[inspect.Parameter]:
     for group in ARGUMENT_GROUPS.values():
         hints = typing.get_type_hints(group)
         for f in dataclasses.fields(group):
-            if f.name in ROPE_ID_OPTION_KEYS:
+            if f.name in CONVERSION_OPTION_KEYS:
                 continue
             if f.default is not dataclasses.MISSING:
                 default = f.default

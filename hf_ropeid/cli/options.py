@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from ..errors import HfRopeIDError
-from ..parameters import ROPE_ID_OPTION_KEYS
+from ..parameters import RECIPES, ROPE_ID_OPTION_KEYS
 
 
 class OptionError(HfRopeIDError, ValueError):
@@ -108,7 +108,12 @@ assert set(_ROPE_ID_HELP) == set(ROPE_ID_OPTION_KEYS)
 
 def rope_id_options() -> list[inspect.Parameter]:
     """Every RoPE-ID parameter as ``--key-with-dashes`` (default None: the model's / the converter's default)."""
-    shown = [option(key, kind | None, None, help=help_text) for key, (kind, help_text) in _ROPE_ID_HELP.items()]
+    recipe = option("recipe", str | None, None, help=(
+        f"Named set of the options below ({' | '.join(RECIPES)}); options given explicitly override it. far-context: "
+        "--spectrum original --rotary-fraction 0.5 --rotary-window L/2 --temperature length_log, which kept passkey "
+        "retrieval far past L in the measurements; its attention runs only in transformers (eager / sdpa), not in "
+        "vLLM or llama.cpp."))
+    shown = [recipe] + [option(key, kind | None, None, help=help_text) for key, (kind, help_text) in _ROPE_ID_HELP.items()]
     hidden = [
         option(alias, _ROPE_ID_HELP[key][0] | None, None, "--" + alias.replace("_", "-"), hidden=True)
         for alias, key in ROPE_ID_ALIASES.items()
@@ -118,7 +123,9 @@ def rope_id_options() -> list[inspect.Parameter]:
 
 def rope_id_values(options: dict[str, Any]) -> dict[str, Any]:
     """Pops the RoPE-ID options (aliases folded in, values as typed) out of ``options``."""
-    values = {key: options.pop(key, None) for key in ROPE_ID_OPTION_KEYS}
+    values = {key: options.pop(key, None) for key in ("recipe", *ROPE_ID_OPTION_KEYS)}
+    if values["recipe"] is not None and values["recipe"] not in RECIPES:
+        raise OptionError(f"--recipe {values['recipe']!r} is unknown; accepted: {', '.join(RECIPES)}.")
     for alias, key in ROPE_ID_ALIASES.items():
         value = options.pop(alias, None)
         if value is not None:
