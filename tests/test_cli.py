@@ -70,4 +70,4 @@ def test_recipe_is_an_option_of_convert_and_finetune_and_an_unknown_one_is_one_l
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
     arguments = FinetuneArguments.from_flat(model="m", data=["d"], output_dir="o", recipe="far-context")
-    assert arguments.model.rope_id_parameters()["recipe"] == "far-context"
+    assert arguments.conversion.rope_id_parameters()["recipe"] == "far-context"
