@@ -287,6 +287,7 @@ def report(out: Path) -> dict[str, Any]:
             full_row[str(m)] = full_cell
         summary["configurations"][name] = row
         full["configurations"][name] = full_row
+    full["seeds"] = sorted({r["seed"] for r in runs})
     setup = runs[0]["setup"]
     summary["training_length"] = full["training_length"] = setup["training_length"]
     summary["pretraining_tokens"] = full["pretraining_tokens"] = runs[0]["pretraining_tokens"]
@@ -317,7 +318,8 @@ def goal_check(per_config: dict[str, dict[int, dict]]) -> dict[str, Any]:
         for s in seeds:
             row = by_seed[s]
             parts["retrieval_1x"].append(row["1"]["retrieval"] >= 0.9)
-            parts["retrieval_kept_16x"].append(row["16"]["retrieval"] >= 0.9 * row["1"]["retrieval"])
+            parts["retrieval_kept_16x"].append(row["1"]["retrieval"] > 0
+                                               and row["16"]["retrieval"] >= 0.9 * row["1"]["retrieval"])
             parts["tail_flat_16x"].append(row["16"]["tail_loss"] <= 1.05 * row["1"]["tail_loss"])
             parts["beats_yarn"].append(all(row[m]["retrieval"] > yarn[s][m]["retrieval"]
                                            and row[m]["tail_loss"] < yarn[s][m]["tail_loss"] for m in above))
@@ -341,6 +343,20 @@ def markdown(full: dict[str, Any]) -> str:
                      for m in MULTIPLES]
             lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += ["**single-key exact match, seed by seed** (1x / 2x / 4x / 8x / 16x): a seed whose model does not "
+              "retrieve inside L says nothing about retrieval past it", "",
+              "| configuration | " + " | ".join(f"seed {s}" for s in full["seeds"]) + " |",
+              "|---|" + "---|" * len(full["seeds"])]
+    for name, row in full["configurations"].items():
+        cells = []
+        for s in full["seeds"]:
+            if s in row["seeds"]:
+                i = row["seeds"].index(s)
+                cells.append(" / ".join(f"{row[str(m)]['retrieval']['per_seed'][i]:.2f}" for m in MULTIPLES))
+            else:
+                cells.append("-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
     goal = full.get("goal") or {}
     if goal:
         keys = ("retrieval_1x", "retrieval_kept_16x", "tail_flat_16x", "beats_yarn", "inside_L_vs_rope")
