@@ -20,7 +20,9 @@ Arms:
   (``..._lenlog_nope``), on every channel (``..._lenlog``), and with the far-field normalisation
   (``..._farnorm``): the toy study's configurations;
 - ``self_extend_oracle``, ``rerope``: the training-free extensions that keep the source exact inside a window;
-- ``rope_id_scratch``: the toy study's RoPE-ID model pretrained from scratch (the reference).
+- ``rope_id_scratch``: the toy study's RoPE-ID model pretrained from scratch (the reference);
+- ``far_context_lora`` (SmolLM2 and local sources only): ``convert --recipe far-context`` + LoRA, the same
+  configuration as ``p_rope_window_lora_lenlog``.
 
 ``--source smollm2 --training-length 256`` runs the same route on SmolLM2-135M-Instruct with a pretended
 training length (what the route does to a model that retrieves well, adapted at a short length). It cannot
@@ -251,9 +253,9 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
         "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
                                "--temperature", "length_log", "--temperature-channels", "unrotated"],
     }
-    if small:  # a CPU budget: the converter's default only (the paper's spectrum measured 4x the source's
-        # perplexity on SmolLM2 without training; the window arm did not fit in the session that ran this)
-        conversions = {"rope_id_lora": conversions["rope_id_lora"]}
+    if small:  # a CPU budget on a real model: the converter's default and the recipe measured best on the toy
+        # (the paper's spectrum measured 4x the source's perplexity on SmolLM2 without training)
+        conversions = {"rope_id_lora": conversions["rope_id_lora"], "far_context_lora": ["--recipe", "far-context"]}
     for arm, options in conversions.items():
         converted = work / f"{arm}-converted"
         if not converted.exists():

@@ -62,12 +62,18 @@ def describe_positions(rope_parameters: Mapping[str, Any], head_dim: int) -> str
         "length_log": " Queries at position p > L are multiplied by ln(p)/ln(L).",
         "floor_log": f" Queries at 0-based position i >= L are multiplied by 1 + {p['temperature_coefficient']:g} ln(1 + floor(i/L)) "
         "(llama.cpp's Llama-4 temperature).",
+        "ssmax": " Queries at every position p are multiplied by ln(max(p, 2))/ln(L) (Scalable-Softmax; the model is "
+        "trained with it).",
         "none": " No attention temperature.",
     }
     text += temperature[p["temperature"]]
+    if p["temperature"] != "none" and p.get("temperature_channels") == "unrotated":
+        text += " The temperature multiplies the unrotated channels only."
     if p.get("rotary_window"):
         text += f" Keys {p['rotary_window']} or more tokens before the query are scored by the unrotated pairs only"
         text += " (far-field bias: log_count)." if p.get("far_field") == "log_count" else "."
+        text += (" This attention runs in transformers (attn_implementation 'sdpa' or 'eager') only: vLLM, llama.cpp "
+                 "and flash-attention refuse it.")
     return text
 
 

@@ -25,10 +25,12 @@ def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_l
                 "--lora-steps", "2", "--lora-batch", "2", "--seeds", "0", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     arms = summary["arms"]
-    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora"} <= set(arms)
+    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora", "far_context_lora"} <= set(arms)
     budgets = {arm: row["budget_tokens"] for arm, row in arms.items()}
     assert budgets["source"] == budgets["yarn_oracle"] == 0
-    assert budgets["yarn_lora"] == budgets["rope_id_lora"] == 2 * 2 * 128  # steps x batch x L, every LoRA arm
+    assert budgets["yarn_lora"] == budgets["rope_id_lora"] == budgets["far_context_lora"] == 2 * 2 * 128  # steps x batch x L
+    far = json.loads((out / "work" / "seed0" / "far_context_lora-merged" / "config.json").read_text())
+    assert far["rope_parameters"]["rotary_window"] == 64 and far["rope_parameters"]["temperature"] == "length_log"
     for row in arms.values():
         assert set(row) >= {"1", "2"} and row["1"]["ppl"] > 1 and row["2"]["retrieval"] is not None
     merged = json.loads((out / "work" / "seed0" / "rope_id_lora-merged" / "config.json").read_text())

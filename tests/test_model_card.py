@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -124,3 +126,14 @@ def test_unset_parameters_are_left_out_and_a_rotary_window_is_described():
     )
     text = render(rope_parameters=windowed.to_rope_parameters())
     assert "| `rotary_window` | 4096 |" in text and "Keys 4096 or more tokens before the query" in text
+
+
+@pytest.mark.parametrize("temperature", ["query_log", "length_log", "floor_log", "ssmax", "none"])
+def test_every_temperature_is_described_and_a_window_names_where_it_runs(temperature):
+    p = RopeIDParameters(head_dim=64, rope_theta=1e5, training_length=8192, rotary_fraction=0.5, spectrum="original",
+                         rotary_window=4096, temperature=temperature, temperature_channels="unrotated")
+    text = model_card.describe_positions(p.to_rope_parameters(), 64)
+    assert "vLLM, llama.cpp and flash-attention refuse it" in text
+    assert ("unrotated channels only" in text) == (temperature != "none")
+    if temperature == "ssmax":
+        assert "ln(max(p, 2))/ln(L)" in text
