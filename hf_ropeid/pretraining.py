@@ -273,7 +273,7 @@ def lr_at(step: int, setup: PretrainSetup) -> float:
     """Linear warmup, then cosine decay to 10% of the peak over all stages (or the peak, if ``constant``)."""
     if step < setup.warmup:
         return setup.lr * (step + 1) / setup.warmup
-    if setup.schedule == "constant":
+    if getattr(setup, "schedule", "cosine") == "constant":  # the older toy benchmark's Setup has no schedule
         return setup.lr
     progress = (step - setup.warmup) / max(1, setup.steps - setup.warmup)
     return setup.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
