@@ -155,6 +155,9 @@ def start_convert(tmp_path, source, mode, text_file):
         stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,  # its own process group, as a terminal job would be
+        # and Ctrl-C not ignored, as in a terminal: a test run started in the background of a non-interactive
+        # shell ignores SIGINT, and children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not mark.is_file() or not mark.read_text():
