@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
 
+import pytest
 from huggingface_hub import ModelCard
 
 from hf_ropeid import model_card
