@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from ..parameters import parse_rotary_fraction
-from . import options as opts
-from .options import push_options, rope_id_options, with_options
+from .options import lengths as parse_lengths
+from .options import push_options, rope_id_options, rope_id_values, with_options
 
 
 @with_options(rope_id_options(), push_options())
@@ -65,9 +65,9 @@ def convert_command(
     from ..conversion import convert_checkpoint
     from ..hub import push_to_hub as push
 
-    rope_id_parameters = opts.rope_id_values(options)
+    rope_id_parameters = rope_id_values(options)
     rope_id_parameters["rotary_fraction"] = parse_rotary_fraction(rope_id_parameters["rotary_fraction"])
-    lengths = opts.lengths(verify_lengths, "--verify-lengths")
+    lengths = parse_lengths(verify_lengths, "--verify-lengths")
     if model is None:
         from ..assets import smollm2_checkpoint
 

@@ -9,7 +9,7 @@ import typer
 
 from ..evaluation.baselines import VARIANTS
 from ..evaluation.retrieval import TASKS, TEMPLATES
-from . import options as opts
+from .options import float_list, int_list, name_list
 
 
 def eval_command(
@@ -78,8 +78,8 @@ def eval_command(
     out = out or Path(f"eval-{Path(model.rstrip('/')).name}")
     check_target(out, force, hint="choose another --out or pass --force to replace it")
     settings = EvalSettings(
-        lengths=opts.int_list(lengths, "--lengths"),
-        variants=opts.name_list(baselines, VARIANTS, "baselines"),
+        lengths=int_list(lengths, "--lengths"),
+        variants=name_list(baselines, VARIANTS, "baselines"),
         training_length=training_length,
         tokens_per_length=tokens_per_length,
         batch_size=batch_size,
@@ -87,14 +87,14 @@ def eval_command(
         position_buckets=position_buckets,
         dynamic_factor=dynamic_factor,
         retrieval=retrieval,
-        retrieval_tasks=opts.name_list(tasks, TASKS, "retrieval tasks"),
-        depths=opts.float_list(depths, "--depths"),
+        retrieval_tasks=name_list(tasks, TASKS, "retrieval tasks"),
+        depths=float_list(depths, "--depths"),
         retrieval_samples=samples,
         needles=needles,
-        retrieval_template=opts.name_list(retrieval_template, TEMPLATES, "retrieval templates")[0],
+        retrieval_template=name_list(retrieval_template, TEMPLATES, "retrieval templates")[0],
         diagnostics=diagnostics,
-        diagnostic_layers=opts.int_list(layers, "--layers") or None,
-        diagnostic_heads=opts.int_list(heads, "--heads") or None,
+        diagnostic_layers=int_list(layers, "--layers") or None,
+        diagnostic_heads=int_list(heads, "--heads") or None,
         diagnostic_queries=diagnostic_queries,
         seed=seed,
     )

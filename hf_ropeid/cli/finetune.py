@@ -17,7 +17,7 @@ import typer
 from ..conversion import CHANNEL_SELECTIONS
 from ..parameters import CONVERSION_OPTION_KEYS
 from ..training import ARGUMENT_GROUPS, FinetuneArguments, train
-from . import options as opts
+from .options import option, rope_id_options, rope_id_values, with_options
 
 # Accepted values of string options, shown in --help
 _ACCEPTED = {"channel_selection": f" Accepted: {' | '.join(CHANNEL_SELECTIONS)}."}
@@ -39,7 +39,7 @@ def _field_options() -> list[inspect.Parameter]:
                 default = ...  # required
             help_text = f.metadata["help"] + _ACCEPTED.get(f.name, "")
             parameters.append(
-                opts.option(f.name, hints[f.name], default, help=help_text, show_default=default not in (None, ...))
+                option(f.name, hints[f.name], default, help=help_text, show_default=default not in (None, ...))
             )
     return parameters
 
@@ -53,18 +53,18 @@ ALIASES = {"gradient_checkpointing": "activation_checkpointing"}
 
 def _alias_options() -> list[inspect.Parameter]:
     return [
-        opts.option(alias, bool, False, "--" + alias.replace("_", "-"), hidden=True, help=f"Same as --{field}.")
+        option(alias, bool, False, "--" + alias.replace("_", "-"), hidden=True, help=f"Same as --{field}.")
         for alias, field in ALIASES.items()
     ]
 
 
-@opts.with_options(_field_options(), opts.rope_id_options(), _alias_options())
+@with_options(_field_options(), rope_id_options(), _alias_options())
 def finetune_command(**options: Any) -> None:
     """LoRA (or full) continued training of a RoPE-ID model, or of a Llama converted on the fly."""
     for alias, field in ALIASES.items():
         if options.pop(alias, False):
             options[field] = True
-    rope_id_parameters = opts.rope_id_values(options)  # rotary_fraction stays as typed: the arguments check it
+    rope_id_parameters = rope_id_values(options)  # rotary_fraction stays as typed: the arguments check it
     values = {k: v for k, v in {**options, **rope_id_parameters}.items() if v is not None or k in _NULLABLE}
     summary = train(FinetuneArguments.from_flat(**values))
     from accelerate import PartialState

@@ -209,7 +209,7 @@ def _summarise(stats: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Sink mass/margin per position (panel per variant) and cluster separation vs length."""
-    from . import plots
+    from .plots import LINE_STYLES, color_map, draw_lines, lines_grid, panel_grid, plt, save_figure
 
     diagnostics = results.get("diagnostics") or {}
     if not diagnostics:
@@ -226,7 +226,7 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 centers = [(a + b) / 2 for a, b in zip(buckets["bucket_start"], buckets["bucket_end"])]
                 panels[v][str(n)] = (centers, buckets["mean"])
         written.append(
-            plots.lines_grid(
+            lines_grid(
                 out_dir / f"{curve}_vs_position.png",
                 panels,
                 xlabel="query position",
@@ -237,8 +237,8 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 suptitle=f"{label} (mean over diagnosed heads)",
             )
         )
-    colors = plots.color_map(results["variants"])
-    fig, axes = plots.panel_grid(3, panel_size=(5.0, 3.8), max_columns=3, layout="constrained")
+    colors = color_map(results["variants"])
+    fig, axes = panel_grid(3, panel_size=(5.0, 3.8), max_columns=3, layout="constrained")
     for ax, which in zip(axes[:2], ("keys", "queries")):
         series, styles, line_colors = {}, {}, {}
         for v in variants:
@@ -249,8 +249,8 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
                     lengths,
                     [diagnostics[v][str(n)]["summary"][which][g]["first_singular_share"] for n in lengths],
                 )
-                styles[name], line_colors[name] = plots.LINE_STYLES[i % 4], colors[v]
-        plots.draw_lines(
+                styles[name], line_colors[name] = LINE_STYLES[i % 4], colors[v]
+        draw_lines(
             ax,
             series,
             xlabel="context length",
@@ -264,7 +264,7 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     series = {
         v: (lengths, [diagnostics[v][str(n)]["summary"]["positive_margin_fraction"] for n in lengths]) for v in variants
     }
-    plots.draw_lines(
+    draw_lines(
         axes[2],
         series,
         xlabel="context length",
@@ -274,13 +274,13 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
         title="sink failures",
         colors=colors,
     )
-    handles = [plots.plt.Line2D([], [], color=colors[v], label=v) for v in variants]
+    handles = [plt.Line2D([], [], color=colors[v], label=v) for v in variants]
     handles += [
-        plots.plt.Line2D([], [], color="black", linestyle=plots.LINE_STYLES[i], label=label)
+        plt.Line2D([], [], color="black", linestyle=LINE_STYLES[i], label=label)
         for i, label in enumerate(("all channels", "rotated / fast half", "unrotated / slow half"))
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize=8)
-    written.append(plots.save_figure(fig, out_dir / "cluster_separation_vs_length.png"))
+    written.append(save_figure(fig, out_dir / "cluster_separation_vs_length.png"))
     return written
 
 

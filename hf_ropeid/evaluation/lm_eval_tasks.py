@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
-from . import retrieval
 from .errors import EvaluationError
+from .retrieval import PASSKEY_INSTRUCTION, PASSKEY_NEEDLE, PASSKEY_QUESTION
 from .text import default_text_paths, read_documents
 
 LM_EVAL_PERPLEXITY_TASK = "ropeid_local_ppl"
@@ -59,11 +59,11 @@ def write_lm_eval_tasks(
         hay = haystack[start : start + passkey_chars]
         at = hay.rfind("\n", 0, int(depth * len(hay)) + 1) + 1  # a line boundary at or before the depth
         prompt = (
-            retrieval.PASSKEY_INSTRUCTION
+            PASSKEY_INSTRUCTION
             + hay[:at]
-            + retrieval.PASSKEY_NEEDLE.format(value=value)
+            + PASSKEY_NEEDLE.format(value=value)
             + hay[at:]
-            + retrieval.PASSKEY_QUESTION
+            + PASSKEY_QUESTION
         )
         passkeys.append({"prompt": prompt, "answer": value, "depth": depth})
     written = []

@@ -70,10 +70,12 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    from . import diagnostics, plots, retrieval
+    from .diagnostics import plot_results as plot_diagnostics
+    from .plots import color_map, line_plot, lines_grid
+    from .retrieval import plot_results as plot_retrieval
 
     L, lengths, variants = results["training_length"], results["lengths"], results["variants"]
-    colors = plots.color_map(variants)
+    colors = color_map(variants)
     written = []
     ppl = results["perplexity"]
     for key, label, name in (
@@ -82,7 +84,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ):
         series = {v: (lengths, [ppl[v][str(n)][key] for n in lengths]) for v in variants if v in ppl}
         written.append(
-            plots.line_plot(
+            line_plot(
                 out_dir / name,
                 series,
                 xlabel="context length (tokens)",
@@ -99,7 +101,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         v: {str(n): _bucket_curve(ppl[v][str(n)]["position_loss"]) for n in lengths} for v in variants if v in ppl
     }
     written.append(
-        plots.lines_grid(
+        lines_grid(
             out_dir / "position_loss.png",
             panels,
             xlabel="position in window",
@@ -110,8 +112,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             suptitle="Loss per position bucket",
         )
     )
-    written += retrieval.plot_results(results, out_dir)
-    written += diagnostics.plot_results(results, out_dir)
+    written += plot_retrieval(results, out_dir)
+    written += plot_diagnostics(results, out_dir)
     return written
 
 

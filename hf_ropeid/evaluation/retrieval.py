@@ -297,7 +297,7 @@ def score_task(
 
 def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Per task: accuracy heatmaps (depth x length, one panel per variant); accuracy vs length for all tasks."""
-    from . import plots
+    from .plots import color_map, heatmap_grid, lines_grid
 
     retrieval = results.get("retrieval") or {}
     if not retrieval:
@@ -317,7 +317,7 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ]
             panels[task][v] = (lengths, [cells.get(str(n), {}).get("accuracy") for n in lengths])
         written.append(
-            plots.heatmap_grid(
+            heatmap_grid(
                 out_dir / f"retrieval_{task}_heatmap.png",
                 grids,
                 row_labels=[f"{d:g}" for d in depths],
@@ -329,7 +329,7 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
             )
         )
     written.append(
-        plots.lines_grid(
+        lines_grid(
             out_dir / "retrieval_vs_length.png",
             panels,
             xlabel="context length (tokens)",
@@ -337,7 +337,7 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
             log_x=True,
             vline=L,
             ylim=(-0.03, 1.03),
-            colors=plots.color_map(variants),
+            colors=color_map(variants),
             suptitle=f"Retrieval accuracy vs length, all depths (L = {L})",
         )
     )

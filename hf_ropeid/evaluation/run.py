@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from ..utils import DTYPES
-from . import diagnostics, retrieval
 from .baselines import build_variant, default_variants, training_length, variant_rope_parameters
+from .diagnostics import diagnose
 from .errors import EvaluationError
 from .passes import perplexity_at_length
+from .retrieval import prepare_tasks, score_task
 from .text import default_text_paths, make_windows, prepends_bos, read_documents, token_stream
 
 
@@ -123,7 +124,7 @@ def run_evaluation(
 
     retrieval_sets = {}
     if settings.retrieval:
-        retrieval_sets = retrieval.prepare_tasks(
+        retrieval_sets = prepare_tasks(
             tokenizer,
             haystack,
             settings.retrieval_tasks,
@@ -168,7 +169,7 @@ def run_evaluation(
             description=f"{variant} ppl @ {n}",
         )
         for task, samples in retrieval_sets.items():
-            results["retrieval"][task].setdefault(variant, {})[str(n)] = retrieval.score_task(
+            results["retrieval"][task].setdefault(variant, {})[str(n)] = score_task(
                 variant_model,
                 samples.get(n, []),
                 settings.depths,
@@ -176,7 +177,7 @@ def run_evaluation(
                 token_budget=settings.token_budget,
             )
         if settings.diagnostics:
-            results["diagnostics"].setdefault(variant, {})[str(n)] = diagnostics.diagnose(
+            results["diagnostics"].setdefault(variant, {})[str(n)] = diagnose(
                 variant_model,
                 windows[n][:1],
                 layers=settings.diagnostic_layers,
