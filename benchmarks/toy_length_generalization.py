@@ -99,6 +99,11 @@ class Setup:
         return self.width // self.heads
 
     @property
+    def schedule(self) -> str:
+        """``pretraining.lr_at`` reads it: this study always used warmup + cosine."""
+        return "cosine"
+
+    @property
     def lengths(self) -> list[int]:
         return [m * self.training_length for m in self.multiples]
 
@@ -287,7 +292,7 @@ def train(variant: Variant, setup: Setup, seed: int, train_bytes: bytes, progres
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB_SIZE), chunk.reshape(-1))
         for group in optimizer.param_groups:
-            group["lr"] = pretraining.lr_at(step, setup)  # the same schedule (reads lr, warmup, steps)
+            group["lr"] = pretraining.lr_at(step, setup)  # the same schedule (reads lr, warmup, steps, schedule)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -273,7 +273,7 @@ def lr_at(step: int, setup: PretrainSetup) -> float:
     """Linear warmup, then cosine decay to 10% of the peak over all stages (or the peak, if ``constant``)."""
     if step < setup.warmup:
         return setup.lr * (step + 1) / setup.warmup
-    if getattr(setup, "schedule", "cosine") == "constant":  # the older toy benchmark's Setup has no schedule
+    if setup.schedule == "constant":
         return setup.lr
     progress = (step - setup.warmup) / max(1, setup.steps - setup.warmup)
     return setup.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
@@ -292,7 +292,7 @@ def pretrain(
     rng = random.Random(10_000 + seed)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=(0.9, 0.95), weight_decay=setup.weight_decay)
-    curve, probes, start, step = [], [], time.perf_counter(), 0
+    curve, probes, start, step, probing = [], [], time.perf_counter(), 0, 0.0
     for stage in setup.stages:
         for _ in range(stage.steps):
             inputs, labels, copied = training_batch(rng, text, stage.length, stage.batch, stage.mixture)
@@ -315,15 +315,17 @@ def pretrain(
                           f"{rate * (setup.steps - step - 1) / 60:.1f} min left)", file=sys.stderr, flush=True)
             step += 1
             if probe is not None and (step % probe_every == 0 or step == setup.steps):
+                probe_start = time.perf_counter()
                 model.eval()
                 with torch.no_grad():
                     measured = {"step": step, **probe(step, model)}
                 model.train()
+                probing += time.perf_counter() - probe_start
                 probes.append(measured)
                 if progress is not None:
                     print(f"[{progress}] probe {measured}", file=sys.stderr, flush=True)
     model.eval()
-    seconds = (time.perf_counter() - start) / setup.steps
+    seconds = (time.perf_counter() - start - probing) / setup.steps  # training only, without the probes
     return {"curve": curve, "seconds_per_step": seconds, **({"probes": probes} if probe is not None else {})}
 
 
