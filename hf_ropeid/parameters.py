@@ -26,12 +26,17 @@ RECIPES: dict[str, dict] = {
 }
 
 
+def check_recipe(recipe: str | None) -> None:
+    """Raises ``RopeIDParameterError`` naming the accepted recipes unless ``recipe`` is one of them (or None)."""
+    if recipe is not None and recipe not in RECIPES:
+        raise RopeIDParameterError(f"Unknown recipe {recipe!r}; accepted: {', '.join(RECIPES)}.")
+
+
 def apply_recipe(params: dict, recipe: str | None) -> dict:
     """``params`` with the recipe's values filled in where not given (``training_length`` must be set)."""
+    check_recipe(recipe)
     if recipe is None:
         return params
-    if recipe not in RECIPES:
-        raise RopeIDParameterError(f"Unknown recipe {recipe!r}; accepted: {', '.join(RECIPES)}.")
     out = dict(params)
     for key, value in RECIPES[recipe].items():
         if out.get(key) is None:

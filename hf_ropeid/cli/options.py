@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from ..errors import HfRopeIDError
-from ..parameters import RECIPES, ROPE_ID_OPTION_KEYS
+from ..parameters import RECIPES, ROPE_ID_OPTION_KEYS, check_recipe
 
 
 class OptionError(HfRopeIDError, ValueError):
@@ -124,8 +124,7 @@ def rope_id_options() -> list[inspect.Parameter]:
 def rope_id_values(options: dict[str, Any]) -> dict[str, Any]:
     """Pops the RoPE-ID options (aliases folded in, values as typed) out of ``options``."""
     values = {key: options.pop(key, None) for key in ("recipe", *ROPE_ID_OPTION_KEYS)}
-    if values["recipe"] is not None and values["recipe"] not in RECIPES:
-        raise OptionError(f"--recipe {values['recipe']!r} is unknown; accepted: {', '.join(RECIPES)}.")
+    check_recipe(values["recipe"])  # before any download or work
     for alias, key in ROPE_ID_ALIASES.items():
         value = options.pop(alias, None)
         if value is not None:

@@ -42,17 +42,14 @@ def substitute_positions(kind: str, query_positions: torch.Tensor, key_positions
     raise ValueError(f"Unknown two-part RoPE kind {kind!r}; accepted: {', '.join(KINDS)}.")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
 def _rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Llama's rotation of ``x`` [..., seq, d] to ``positions`` [seq] (negative positions un-rotate)."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
     angles = positions[:, None].to(torch.float32) * inv_freq[None, :]
     angles = torch.cat((angles, angles), dim=-1)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 def _inv_freq(config: Any, head_dim: int, device: torch.device) -> torch.Tensor:
