@@ -115,7 +115,9 @@ def markdown(results: dict) -> str:
         "| variant | GGUF arch | llama.cpp KV cache | positions < L: max abs Δ | top-1 agree | positions >= L: max abs Δ | top-1 agree |",
         "|---|---|---|---|---|---|---|",
     ]
-    cell = lambda part, key, fmt: format(part[key], fmt) if part else "-"
+    def cell(part, key, fmt):
+        return format(part[key], fmt) if part else "-"
+
     for name, row in results["variants"].items():
         for kv_cache, compared in row["compare"].items():
             inside, beyond = compared.get("inside_L", {}), compared.get("beyond_L", {})

@@ -19,15 +19,15 @@ from conftest import byte_tokenizer, tiny_llama
 
 gguf = pytest.importorskip("gguf")
 
-from hf_ropeid.conversion import convert_model
-from hf_ropeid.gguf_export import (
+from hf_ropeid.conversion import convert_model  # noqa: E402  (after the importorskip of gguf)
+from hf_ropeid.gguf_export import (  # noqa: E402
     NOPE_FREQ_FACTOR,
     GGUFExportError,
     deinterleave_rotary_rows,
     describe_summary,
     export_gguf,
 )
-from hf_ropeid.rope_id import RopeIDParameters, inv_freq
+from hf_ropeid.rope_id import RopeIDParameters, inv_freq  # noqa: E402
 
 L = 64
 SERVING = 16 * L
@@ -63,7 +63,9 @@ def llama_cpp_forward(path, ids: list[int]) -> np.ndarray:
     """Logits [len(ids), vocab] of the GGUF at ``path``, computed as llama.cpp's llama / mistral3 graphs do."""
     reader = gguf.GGUFReader(path)
     arch = field(reader, "general.architecture")
-    kv = lambda key, default=None: field(reader, f"{arch}.{key}") if f"{arch}.{key}" in reader.fields else default
+    def kv(key, default=None):
+        return field(reader, f"{arch}.{key}") if f"{arch}.{key}" in reader.fields else default
+
     w = gguf_arrays(reader)
     n_head, n_kv, d = kv("attention.head_count"), kv("attention.head_count_kv"), kv("rope.dimension_count")
     base, eps = kv("rope.freq_base"), kv("attention.layer_norm_rms_epsilon")
@@ -88,7 +90,9 @@ def llama_cpp_forward(path, ids: list[int]) -> np.ndarray:
     T = len(ids)
     causal = np.triu(np.full((T, T), -np.inf), 1)
     for layer in range(kv("block_count")):
-        p = lambda name, layer=layer: w[f"blk.{layer}.{name}.weight"].astype(np.float64)
+        def p(name, layer=layer):
+            return w[f"blk.{layer}.{name}.weight"].astype(np.float64)
+
         h = rms(x, p("attn_norm"))
         q = rope((h @ p("attn_q").T).reshape(T, n_head, d))
         k = rope((h @ p("attn_k").T).reshape(T, n_kv, d))
