@@ -13,16 +13,16 @@ Arms:
 - ``source``, ``pi_oracle``, ``ntk_oracle``, ``yarn_oracle``: the source as it is and its training-free
   rescalings with the oracle factor n / L (``hf-ropeid eval`` baselines);
 - ``yarn_lora``: YaRN with factor 16 + LoRA (the standard context-extension recipe);
-- ``rope_id_lora``: ``hf-ropeid convert`` with its defaults + LoRA;
-- ``rope_id_paper_lora``: the paper's spectrum (periods 8..64) + LoRA;
+- ``rope_id_lora``: ``hf-ropeid convert`` with its defaults (the far-context recipe) + LoRA;
+- ``portable_lora``: ``convert --recipe portable`` (no window; the default until this route measured it) + LoRA;
+- ``rope_id_paper_lora``: ``--recipe paper``, the paper's spectrum (periods 8..64) + LoRA;
 - ``p_rope_window_lora``: half the pairs at their original frequencies, ``rotary_window = L/2`` + LoRA,
   evaluated without a temperature, with the length-log temperature on the unrotated channels only
   (``..._lenlog_nope``), on every channel (``..._lenlog``), and with the far-field normalisation
   (``..._farnorm``): the toy study's configurations;
 - ``self_extend_oracle``, ``rerope``: the training-free extensions that keep the source exact inside a window;
 - ``rope_id_scratch``: the toy study's RoPE-ID model pretrained from scratch (the reference);
-- ``far_context_lora`` (SmolLM2 and local sources only): ``convert --recipe far-context`` + LoRA, the same
-  configuration as ``p_rope_window_lora_lenlog``.
+Runs recorded before the default changed are reported under today's names (``arms_under_the_current_default``).
 
 ``--source smollm2 --training-length 256`` runs the same route on SmolLM2-135M-Instruct with a pretended
 training length (what the route does to a model that retrieves well, adapted at a short length). It cannot
@@ -53,6 +53,7 @@ from typing import Any
 
 from hf_ropeid import pretraining
 from hf_ropeid.atomic import write_json_atomic, write_text_atomic
+from hf_ropeid.parameters import DEFAULT_RECIPE
 
 MULTIPLES = (1, 2, 4, 8, 16)
 LORA = dict(steps=300, batch=16, learning_rate=2e-3, r=16)  # toy: 300 x 16 x 128 = 0.61M tokens
@@ -247,15 +248,15 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
                          **cells(evaluate(yarn, "yarn_lora", work, text, settings, "rope", log), "rope", settings)}
 
     conversions = {
-        "rope_id_lora": [],  # the converter's defaults
-        "rope_id_paper_lora": ["--spectrum", "rope_id", "--rotary-fraction", "0.5", "--shortest-period",
-                               str(max(2, L // 16))],
+        "rope_id_lora": [],  # the converter's defaults (the far-context recipe since it measured best here)
+        "portable_lora": ["--recipe", "portable"],  # the default before: no window, every kernel runs it
+        "rope_id_paper_lora": ["--recipe", "paper", "--shortest-period", str(max(2, L // 16))],
         "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
                                "--temperature", "length_log", "--temperature-channels", "unrotated"],
     }
-    if small:  # a CPU budget on a real model: the converter's default and the recipe measured best on the toy
+    if small:  # a CPU budget on a real model: the converter's default (far-context) and the portable recipe
         # (the paper's spectrum measured 4x the source's perplexity on SmolLM2 without training)
-        conversions = {"rope_id_lora": conversions["rope_id_lora"], "far_context_lora": ["--recipe", "far-context"]}
+        conversions = {"rope_id_lora": conversions["rope_id_lora"], "portable_lora": conversions["portable_lora"]}
     for arm, options in conversions.items():
         converted = work / f"{arm}-converted"
         if not converted.exists():
@@ -296,7 +297,8 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
         arms["rope_id_scratch_no_temp"] = {"budget_tokens": scratch_tokens,
                                            **cells(results, "rope_id_no_temp", settings)}
 
-    record = {"seed": seed, "training_length": L, "source": str(source), "source_kind": settings.source_kind,
+    record = {"seed": seed, "default_recipe": DEFAULT_RECIPE, "training_length": L, "source": str(source),
+              "source_kind": settings.source_kind,
               "source_pretraining": source_tokens, "lora": settings.lora, "eval_args": settings.eval_args,
               "multiples": list(settings.multiples), "arms": arms}
     path = out / "runs" / f"seed{seed}.json"
@@ -305,8 +307,30 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
     return path
 
 
+def arms_under_the_current_default(run: dict[str, Any]) -> dict[str, Any]:
+    """A run recorded before ``convert`` defaulted to the far-context recipe, with today's arm names.
+
+    Its ``rope_id_lora`` arms were the old default, which is ``--recipe portable`` now. The new default's arm
+    is the arm that was converted, adapted and evaluated with exactly the far-context settings:
+    ``far_context_lora`` (SmolLM2 and local sources) or ``p_rope_window_lora_lenlog`` (toy: converted with the
+    window and the length-log temperature, which is 1 inside L, so LoRA at L trained the same weights, then
+    evaluated with the temperature on every channel).
+    """
+    if "default_recipe" in run:
+        return run
+    arms = dict(run["arms"])
+    for suffix in ("", "_no_temp"):
+        if f"rope_id_lora{suffix}" in arms:
+            arms[f"portable_lora{suffix}"] = arms.pop(f"rope_id_lora{suffix}")
+    same = "far_context_lora" if "far_context_lora" in arms else "p_rope_window_lora_lenlog"
+    if same in arms:
+        arms["rope_id_lora"] = arms.pop(same) if same == "far_context_lora" else arms[same]
+    return {**run, "arms": arms}
+
+
 def report(out: Path) -> dict[str, Any]:
-    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("seed*.json"))]
+    runs = [arms_under_the_current_default(json.loads(p.read_text()))
+            for p in sorted((out / "runs").glob("seed*.json"))]
     if not runs:
         raise SystemExit(f"error: no runs in {out / 'runs'}; run some seeds first (see --help).")
     L = runs[0]["training_length"]

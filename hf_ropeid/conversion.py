@@ -19,8 +19,11 @@ Energy of pair ``j`` (channels ``j`` and ``j + d/2``) in KV group ``g`` is
 pair's contribution to the q.k logits. Rotation never changes a pair's norm, so it is measured on
 the projections before RoPE.
 
-The defaults (``DEFAULT_CONVERSION``) are the best measured without fine-tuning; see
-/work/notes/conversion_results.md and benchmarks/results/conversion/.
+A conversion may start from a recipe (``parameters.RECIPES``; options given explicitly win). The ``convert``
+and ``finetune`` commands default to ``"far-context"``, the configuration measured best past L after LoRA at L
+(benchmarks/RESULTS.md §10-11); the functions here apply a recipe only when given one. Without one (or with
+``"portable"``, no window) unset options take ``DEFAULT_CONVERSION``, the settings with the lowest perplexity
+inside L without fine-tuning (benchmarks/results/conversion/), which run in every attention kernel.
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def rope_id_config(source_config: Any, **rope_id_parameters: Any) -> RopeIDConfi
     Unset parameters take ``DEFAULT_CONVERSION`` (spectrum; rotary_fraction from
     ``DEFAULT_ROTARY_FRACTION`` for that spectrum), then RoPE-ID's own defaults;
     ``training_length`` defaults to the source's ``max_position_embeddings``. ``recipe`` (a name of
-    ``parameters.RECIPES``) fills the parameters not given before those defaults.
+    ``parameters.RECIPES``; None: none) fills the parameters not given before those defaults.
     """
     check_source_config(source_config)
     recipe = rope_id_parameters.pop("recipe", None)

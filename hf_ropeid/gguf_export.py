@@ -121,8 +121,8 @@ def rope_plan(config: Any, model_type: str) -> dict[str, Any]:
         raise GGUFExportError(
             f"This model uses rotary_window={params.rotary_window} / far_field={params.far_field!r}: far keys are "
             "scored by the unrotated pairs only, which no llama.cpp architecture can express (its attention "
-            "scores every key on all channels). Export a model without rotary_window, or serve this one "
-            "with transformers."
+            "scores every key on all channels). Export a model converted with `--recipe portable` (no window), or "
+            "serve this one with transformers."
         )
     plan.update(rope_id=params, frequencies=inv_freq(params), rope_theta=params.rope_theta)
     # A stock LlamaForCausalLM with rope_type rope_id gets the spectrum through ROPE_INIT_FUNCTIONS but its

@@ -15,15 +15,22 @@ ROPE_ID_OPTION_KEYS = ("rope_theta", *PARAMETER_KEYS)
 CONVERSION_OPTION_KEYS = ("recipe", *ROPE_ID_OPTION_KEYS)
 
 # Named sets of RoPE-ID parameters for a conversion; options given explicitly override them.
-# "far-context": the configuration that kept passkey retrieval far past L in the measurements
-# (benchmarks/RESULTS.md §6 from scratch and §10 converted + LoRA; byte-level toys): half the pairs at their
+# "far-context" (the default of the convert and finetune commands, not of the Python functions): the configuration measured best past L after LoRA at L (benchmarks/RESULTS.md
+# §6 from scratch, §10 converted + LoRA, 4 seeds, and SmolLM2 at 16k tokens §11): half the pairs at their
 # original frequencies, keys L/2 or more tokens back scored by the unrotated half only, and the length-log
-# temperature ln(p)/ln(L) past L on every channel. Its attention needs RoPE-ID's own eager / sdpa kernels:
-# vLLM, llama.cpp (GGUF) and flash-attention cannot run it, which is why it is not the default.
+# temperature ln(p)/ln(L) past L on every channel. Its attention needs RoPE-ID's own eager / sdpa kernels.
+# "portable": no window, the query-log temperature (conversion.DEFAULT_CONVERSION for the rest): every
+# kernel runs it (vLLM, llama.cpp via GGUF, flash-attention), and it has the lowest perplexity inside L
+# without training, but after LoRA at L it collapsed past L on the toy (RESULTS §10).
+# "paper": the paper's RoPE-ID (geometric spectrum, half the pairs, query-log temperature), no window.
 RECIPES: dict[str, dict] = {
     "far-context": {"spectrum": "original", "rotary_fraction": 0.5, "rotary_window": "half",
                     "temperature": "length_log", "temperature_channels": "all"},
+    "portable": {},
+    "paper": {"spectrum": "rope_id", "rotary_fraction": 0.5, "temperature": "query_log"},
 }
+DEFAULT_RECIPE = "far-context"
+PORTABLE_RECIPE = "portable"
 
 
 def check_recipe(recipe: str | None) -> None:
@@ -33,15 +40,24 @@ def check_recipe(recipe: str | None) -> None:
 
 
 def apply_recipe(params: dict, recipe: str | None) -> dict:
-    """``params`` with the recipe's values filled in where not given (``training_length`` must be set)."""
+    """``params`` with the recipe's values filled in where not given (``training_length`` must be set).
+
+    ``None``: no recipe (the Python API converts with exactly what it is given); the commands pass
+    ``DEFAULT_RECIPE`` when the user names none (``default_recipe``).
+    """
     check_recipe(recipe)
     if recipe is None:
-        return params
+        return dict(params)
     out = dict(params)
     for key, value in RECIPES[recipe].items():
         if out.get(key) is None:
             out[key] = max(1, int(out["training_length"]) // 2) if value == "half" else value
     return out
+
+
+def default_recipe(parameters: dict) -> dict:
+    """The conversion options of ``convert`` / ``finetune``: ``DEFAULT_RECIPE`` unless a recipe is named."""
+    return {**parameters, "recipe": parameters.get("recipe") or DEFAULT_RECIPE}
 
 
 def parse_rotary_fraction(value: str | float | None) -> float | str | None:

@@ -37,7 +37,8 @@ def window_implementation_error(attn_implementation: Any) -> ValueError:
     return ValueError(
         f"rope_parameters 'rotary_window'/'far_field' need attn_implementation 'eager' or 'sdpa' (RoPE-ID's own "
         f"window kernels); {attn_implementation!r} would ignore the window. Load the model with "
-        "attn_implementation='sdpa' (fused) or 'eager', or drop rotary_window/far_field to use other kernels."
+        "attn_implementation='sdpa' (fused) or 'eager', or convert with --recipe portable (no window) to use other "
+        "kernels."
     )
 
 

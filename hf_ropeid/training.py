@@ -40,7 +40,7 @@ from typing import Any
 from .atomic import atomic_directory, atomic_file, check_target, partial_path, write_json_atomic
 from .data import DataSource, build_training_blocks, load_held_out, window_tokens
 from .errors import HfRopeIDError, require
-from .parameters import CONVERSION_OPTION_KEYS, RECIPES, parse_rotary_fraction
+from .parameters import CONVERSION_OPTION_KEYS, DEFAULT_RECIPE, RECIPES, default_recipe, parse_rotary_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ class ConversionArguments:
     )
     channel_selection: str = _help("Which channel pairs keep rotating in the conversion.", default="frequency")
     trust_remote_code: bool = _help("Allow remote code for models that are neither Llama nor RoPE-ID.", default=False)
-    recipe: str | None = _help(f"Named set of the RoPE-ID options (conversion): {' | '.join(RECIPES)}.", default=None)
+    recipe: str | None = _help(
+        f"Named set of the RoPE-ID options (conversion): {' | '.join(RECIPES)} (default: {DEFAULT_RECIPE}).", default=None
+    )
     rope_theta: float | None = _help("Base of the original spectrum (conversion; default: the model's).", default=None)
     training_length: int | None = _help(
         "L of the RoPE-ID spectrum (conversion; default: the model's max_position_embeddings).", default=None
@@ -339,7 +341,7 @@ def load_base_model(args: ConversionArguments, calibration_input_ids=None):
             model,
             channel_selection=args.channel_selection,
             calibration_input_ids=calibration_input_ids,
-            **args.rope_id_parameters(),
+            **default_recipe(args.rope_id_parameters()),
         )
         return model, True
     if args.rope_id_parameters():

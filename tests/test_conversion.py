@@ -584,7 +584,40 @@ def test_far_context_recipe_fills_the_unset_parameters_and_explicit_options_win(
     assert overridden.rope_parameters["rotary_window"] == 32 and overridden.rope_parameters["training_length"] == 256
     assert conversion.rope_id_config(config, recipe="far-context", training_length=256).rope_parameters[
         "rotary_window"] == 128  # L/2 of the L given
-    default = conversion.rope_id_config(config).rope_parameters
-    assert default.get("rotary_window") is None and default["spectrum"] != "original"  # the default is unchanged
-    with pytest.raises(RopeIDParameterError, match="Unknown recipe 'long'; accepted: far-context"):
+    plain = conversion.rope_id_config(config).rope_parameters  # the Python function applies no recipe unasked
+    assert plain.get("rotary_window") is None and plain["spectrum"] == "minimal"
+    assert conversion.rope_id_config(config, recipe="portable").rope_parameters == plain
+    paper = conversion.rope_id_config(config, recipe="paper").rope_parameters
+    assert (paper["spectrum"], paper["rotary_fraction"], paper.get("rotary_window")) == ("rope_id", 0.5, None)
+    with pytest.raises(RopeIDParameterError, match="Unknown recipe 'long'; accepted: far-context, portable, paper"):
         conversion.rope_id_config(config, recipe="long")
+
+
+def test_commands_convert_with_the_far_context_recipe_unless_told_otherwise(tiny_llama_dir, tmp_path):
+    """The measured default of `convert` and `finetune` (RESULTS §10-11); `--recipe portable` for every kernel."""
+    from typer.testing import CliRunner
+
+    from hf_ropeid.cli import app
+    from hf_ropeid.training import ConversionArguments, load_base_model
+
+    runner = CliRunner()
+    default, portable = tmp_path / "default", tmp_path / "portable"
+    assert runner.invoke(app, ["convert", str(tiny_llama_dir), str(default), "--no-verify"]).exit_code == 0
+    rope = json.loads((default / "config.json").read_text())["rope_parameters"]
+    assert (rope["spectrum"], rope["rotary_fraction"], rope["rotary_window"]) == ("original", 0.5, 64)  # L = 128
+    assert (rope["temperature"], rope["temperature_channels"]) == ("length_log", "all")
+    explicit = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "w"), "--no-verify",
+                                   "--rotary-window", "32"])  # an option given wins over the recipe's value
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["rope_parameters"]["rotary_window"] == 32, explicit.output
+    assert runner.invoke(app, ["convert", str(tiny_llama_dir), str(portable), "--no-verify", "--recipe",
+                               "portable"]).exit_code == 0
+    rope = json.loads((portable / "config.json").read_text())["rope_parameters"]
+    assert rope.get("rotary_window") is None and rope["spectrum"] == "minimal" and rope["temperature"] == "query_log"
+    model, converted = load_base_model(ConversionArguments(model=str(tiny_llama_dir)))  # finetune's conversion
+    assert converted and model.config.rope_parameters["rotary_window"] == 64
+    pytest.importorskip("gguf")
+    refused = runner.invoke(app, ["export-gguf", str(default), str(tmp_path / "d.gguf")])
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "--recipe portable" in refused.stderr and not (tmp_path / "d.gguf").exists()
+    exported = runner.invoke(app, ["export-gguf", str(portable), str(tmp_path / "p.gguf")])
+    assert exported.exit_code == 0, exported.output

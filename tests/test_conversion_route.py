@@ -25,16 +25,18 @@ def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_l
                 "--lora-steps", "2", "--lora-batch", "2", "--seeds", "0", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     arms = summary["arms"]
-    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora", "far_context_lora"} <= set(arms)
+    assert {"source", "yarn_oracle", "yarn_lora", "rope_id_lora", "portable_lora"} <= set(arms)
     budgets = {arm: row["budget_tokens"] for arm, row in arms.items()}
     assert budgets["source"] == budgets["yarn_oracle"] == 0
-    assert budgets["yarn_lora"] == budgets["rope_id_lora"] == budgets["far_context_lora"] == 2 * 2 * 128  # steps x batch x L
-    far = json.loads((out / "work" / "seed0" / "far_context_lora-merged" / "config.json").read_text())
+    assert budgets["yarn_lora"] == budgets["rope_id_lora"] == budgets["portable_lora"] == 2 * 2 * 128  # steps x batch x L
+    # The converter's default is the far-context recipe; --recipe portable has no window.
+    far = json.loads((out / "work" / "seed0" / "rope_id_lora-merged" / "config.json").read_text())
     assert far["rope_parameters"]["rotary_window"] == 64 and far["rope_parameters"]["temperature"] == "length_log"
+    portable = json.loads((out / "work" / "seed0" / "portable_lora-merged" / "config.json").read_text())
+    assert portable["rope_parameters"].get("rotary_window") is None
     for row in arms.values():
         assert set(row) >= {"1", "2"} and row["1"]["ppl"] > 1 and row["2"]["retrieval"] is not None
-    merged = json.loads((out / "work" / "seed0" / "rope_id_lora-merged" / "config.json").read_text())
-    assert merged["rope_parameters"]["rope_type"] == "rope_id" and merged["rope_parameters"]["training_length"] == 128
+    assert far["rope_parameters"]["rope_type"] == "rope_id" and far["rope_parameters"]["training_length"] == 128
     yarn = json.loads((out / "work" / "seed0" / "yarn_lora-merged" / "config.json").read_text())
     assert yarn["rope_parameters"]["rope_type"] == "yarn" and yarn["rope_parameters"]["factor"] == 2.0
     assert (out / "results.md").exists() and (out / "retrieval_vs_length.png").exists()
@@ -58,3 +60,20 @@ def test_toy_lora_data_packs_into_blocks_that_each_start_with_bos(tmp_path, monk
     ids = blocks["input_ids"]
     assert len(ids) == 40
     assert all(block[0] == pretraining.BOS_ID and block[-1] == pretraining.EOS_ID for block in ids)
+
+
+def test_runs_recorded_before_the_default_changed_are_reported_under_todays_names():
+    spec = importlib.util.spec_from_file_location("conversion_route_names", SCRIPT)
+    route = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = route
+    spec.loader.exec_module(route)
+    old_toy = {"seed": 0, "arms": {"rope_id_lora": "old default", "rope_id_lora_no_temp": "old default, no temp",
+                                   "p_rope_window_lora_lenlog": "far-context settings"}}
+    arms = route.arms_under_the_current_default(old_toy)["arms"]
+    assert arms["portable_lora"] == "old default" and arms["portable_lora_no_temp"] == "old default, no temp"
+    assert arms["rope_id_lora"] == arms["p_rope_window_lora_lenlog"] == "far-context settings"
+    old_smollm2 = {"seed": 0, "arms": {"rope_id_lora": "old default", "far_context_lora": "recipe"}}
+    assert route.arms_under_the_current_default(old_smollm2)["arms"] == {"portable_lora": "old default",
+                                                                          "rope_id_lora": "recipe"}
+    new = {"seed": 0, "default_recipe": "far-context", "arms": {"rope_id_lora": "new default"}}
+    assert route.arms_under_the_current_default(new) == new

@@ -67,7 +67,7 @@ def test_chunked_loss_and_gradients_equal_the_full_logits_loss(monkeypatch, tie_
     hook.remove()
     got = _grads(model)
 
-    assert abs(chunked.item() - full.item()) < 1e-6
+    assert abs(chunked.item() - full.item()) < 1e-5  # a few float32 ulps: summation order differs by thread count
     assert got.keys() == expected.keys() and "lm_head.weight" in got or tie_word_embeddings
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)

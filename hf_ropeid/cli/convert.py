@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..parameters import parse_rotary_fraction
+from ..parameters import default_recipe, parse_rotary_fraction
 from .options import lengths as parse_lengths
 from .options import push_options, rope_id_options, rope_id_values, with_options
 
@@ -65,7 +65,7 @@ def convert_command(
     from ..conversion import convert_checkpoint
     from ..hub import push_to_hub as push
 
-    rope_id_parameters = rope_id_values(options)
+    rope_id_parameters = default_recipe(rope_id_values(options))
     rope_id_parameters["rotary_fraction"] = parse_rotary_fraction(rope_id_parameters["rotary_fraction"])
     lengths = parse_lengths(verify_lengths, "--verify-lengths")
     if model is None:

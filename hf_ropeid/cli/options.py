@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from ..errors import HfRopeIDError
-from ..parameters import RECIPES, ROPE_ID_OPTION_KEYS, check_recipe
+from ..parameters import DEFAULT_RECIPE, RECIPES, ROPE_ID_OPTION_KEYS, check_recipe
 
 
 class OptionError(HfRopeIDError, ValueError):
@@ -97,7 +97,7 @@ _ROPE_ID_HELP = {
         "position) | none (query_log)."
     ),
     "temperature_coefficient": (float, "c of query_log (0.1)."),
-    "rotary_window": (int, "Experimental: keys this many tokens back or more are scored by the unrotated pairs only."),
+    "rotary_window": (int, "Keys this many tokens back or more are scored by the unrotated pairs only (far-context: L/2)."),
     "far_field": (str, "Experimental: none | log_count (needs rotary_window <= L-2)."),
     "temperature_channels": (str, "Channels the temperature multiplies: all (paper) | unrotated (NoPE only) (all)."),
 }
@@ -109,10 +109,11 @@ assert set(_ROPE_ID_HELP) == set(ROPE_ID_OPTION_KEYS)
 def rope_id_options() -> list[inspect.Parameter]:
     """Every RoPE-ID parameter as ``--key-with-dashes`` (default None: the model's / the converter's default)."""
     recipe = option("recipe", str | None, None, help=(
-        f"Named set of the options below ({' | '.join(RECIPES)}); options given explicitly override it. far-context: "
-        "--spectrum original --rotary-fraction 0.5 --rotary-window L/2 --temperature length_log, which kept passkey "
-        "retrieval far past L in the measurements; its attention runs only in transformers (eager / sdpa), not in "
-        "vLLM or llama.cpp."))
+        f"Named set of the options below ({' | '.join(RECIPES)}; default {DEFAULT_RECIPE}); options given explicitly "
+        "override it. far-context: --spectrum original --rotary-fraction 0.5 --rotary-window L/2 --temperature "
+        "length_log, measured best past L after LoRA at L; its attention runs only in transformers (eager / sdpa). "
+        "portable: no window, query_log temperature: runs in vLLM, llama.cpp (GGUF) and flash-attention too. paper: the "
+        "paper's spectrum, no window."))
     shown = [recipe] + [option(key, kind | None, None, help=help_text) for key, (kind, help_text) in _ROPE_ID_HELP.items()]
     hidden = [
         option(alias, _ROPE_ID_HELP[key][0] | None, None, "--" + alias.replace("_", "-"), hidden=True)
