@@ -263,16 +263,23 @@ def score_answers(model, input_ids: torch.Tensor, answer_lengths: Sequence[int])
 
 
 def score_task(
-    model, samples: Sequence[Sample], depths: Sequence[float], batch_size: int = 8, token_budget: int = 32768
+    model,
+    samples: Sequence[Sample],
+    depths: Sequence[float],
+    batch_size: int = 8,
+    token_budget: int = 32768,
+    progress: bool = False,
+    description: str = "",
 ) -> dict[str, Any]:
     """Accuracy overall and per depth, plus mean answer log-probability; ``accuracy`` None if no sample fits."""
+    from tqdm.auto import tqdm
 
     if not samples:
         return {"accuracy": None, "samples": 0, "answer_logprob": None, "by_depth": {}, "skipped": "too short"}
     per_batch = batch_size_for(len(samples[0].input_ids), batch_size, token_budget)
     exact: list[bool] = []
     logprob: list[float] = []
-    for start in range(0, len(samples), per_batch):
+    for start in tqdm(range(0, len(samples), per_batch), desc=description, leave=False, disable=not progress):
         batch = samples[start : start + per_batch]
         ids = torch.tensor([s.input_ids for s in batch], dtype=torch.long)
         e, lp = score_answers(model, ids, [s.answer_length for s in batch])

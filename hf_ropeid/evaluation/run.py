@@ -175,6 +175,8 @@ def run_evaluation(
                 settings.depths,
                 batch_size=settings.batch_size,
                 token_budget=settings.token_budget,
+                progress=progress,
+                description=f"{variant} {task} @ {n}",
             )
         if settings.diagnostics:
             results["diagnostics"].setdefault(variant, {})[str(n)] = diagnose(
