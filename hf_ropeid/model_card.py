@@ -73,7 +73,7 @@ def describe_positions(rope_parameters: Mapping[str, Any], head_dim: int) -> str
         text += f" Keys {p['rotary_window']} or more tokens before the query are scored by the unrotated pairs only"
         text += " (far-field bias: log_count)." if p.get("far_field") == "log_count" else "."
         text += (" This attention runs in transformers (attn_implementation 'sdpa' or 'eager') only: vLLM, llama.cpp "
-                 "and flash-attention refuse it.")
+                 "and flash-attention refuse it (hf-ropeid's `--recipe portable` converts for them).")
     return text
 
 
