@@ -779,11 +779,15 @@ def _load_trainable_model(args: FinetuneArguments, accelerator, out: Path, token
 
 
 def _rotary_window(args: ConversionArguments) -> int | None:
-    if args.rotary_window is not None:
-        return args.rotary_window
+    """The ``rotary_window`` of the model this run trains: the checkpoint's own, or what converting it gives
+    (the commands' default recipe sets one, L/2)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    if config.model_type == "llama" and args.convert:
+        from .conversion import rope_id_config
+
+        return rope_id_config(config, **default_recipe(args.rope_id_parameters())).rope_parameters.get("rotary_window")
     return (getattr(config, "rope_parameters", None) or {}).get("rotary_window")
 
 
@@ -882,6 +886,14 @@ def setup_run(args: FinetuneArguments) -> TrainingRun:
     tokenizer, train_blocks, windows_by_length = _load_text(args, accelerator)
     out = _prepare_output_dir(args, accelerator)
     model, converted, base_reference = _load_trainable_model(args, accelerator, out, tokenizer, train_blocks)
+    rope = getattr(model.config, "rope_parameters", None) or {}
+    if rope.get("rotary_window") is not None and args.data.seq_length <= rope["rotary_window"]:
+        # The far field (keys scored by the unrotated pairs) is what the adaptation has to teach (RESULTS §10).
+        logger.warning(
+            "--seq-length %d is not longer than rotary_window %d: no training sequence has a key that the far field "
+            "scores. Adapt at the training length (--seq-length %s), or convert with a shorter --training-length.",
+            args.data.seq_length, rope["rotary_window"], rope.get("training_length"),
+        )
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=opt.learning_rate, weight_decay=opt.weight_decay

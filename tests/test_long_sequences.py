@@ -148,7 +148,8 @@ def test_shards_with_global_positions_reproduce_the_unsplit_sequence_past_the_tr
     assert (broken[:, 80:] - whole[:, 80:]).abs().max() > 1e-2  # every later shard sees wrong positions
 
 
-def test_context_parallel_size_is_refused_where_it_cannot_run(rope_id_base, corpus, tmp_path):  # noqa: F811
+def test_context_parallel_size_is_refused_where_it_cannot_run(rope_id_base, corpus, tmp_path,  # noqa: F811
+                                                               tiny_llama_dir):
     assert context_parallelism(arguments(rope_id_base, corpus, tmp_path / "a")) is None
     with pytest.raises(TrainingError, match="--context-parallel-size must be at least 1"):
         arguments(rope_id_base, corpus, tmp_path / "a", context_parallel_size=0)
@@ -160,6 +161,9 @@ def test_context_parallel_size_is_refused_where_it_cannot_run(rope_id_base, corp
     config.save_pretrained(windowed)
     with pytest.raises(TrainingError, match="rotary_window is not supported with context parallelism"):
         train(arguments(windowed, corpus, tmp_path / "b", context_parallel_size=2))
+    # A plain Llama converted by finetune gets the default recipe's window: refused the same way.
+    with pytest.raises(TrainingError, match="rotary_window is not supported with context parallelism"):
+        train(arguments(tiny_llama_dir, corpus, tmp_path / "b", context_parallel_size=2))
     if not torch.cuda.is_available():
         with pytest.raises(TrainingError, match="needs CUDA GPUs"):
             train(arguments(rope_id_base, corpus, tmp_path / "c", context_parallel_size=2))

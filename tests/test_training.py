@@ -119,14 +119,18 @@ def test_interrupted_and_resumed_run_reproduces_the_uninterrupted_one(rope_id_ba
         assert torch.equal(a[key], b[key]), key
 
 
-def test_llama_folder_is_converted_in_the_same_run(tiny_llama_dir, corpus, tmp_path):
+def test_llama_folder_is_converted_in_the_same_run(tiny_llama_dir, corpus, tmp_path, caplog):
     from transformers import AutoConfig
 
-    train(arguments(tiny_llama_dir, corpus, tmp_path / "run", max_steps=1, spectrum="rope_id", rotary_fraction="0.5",
-                    shortest_period=8.0, eval_fraction=0.0))
+    with caplog.at_level("WARNING", logger="hf_ropeid.training"):
+        train(arguments(tiny_llama_dir, corpus, tmp_path / "run", max_steps=1, spectrum="rope_id",
+                        rotary_fraction="0.5", shortest_period=8.0, eval_fraction=0.0))
     base = tmp_path / "run" / "base"
     config = AutoConfig.from_pretrained(base)
     assert config.model_type == "llama_rope_id" and config.rope_parameters["spectrum"] == "rope_id"
+    # The default recipe (far-context) filled the window; sequences of 32 never reach it, and the run says so.
+    assert config.rope_parameters["rotary_window"] == 64
+    assert "--seq-length 32 is not longer than rotary_window 64" in caplog.text
     assert (base / "modeling_rope_id.py").is_file()
     adapter_config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(base.resolve())
