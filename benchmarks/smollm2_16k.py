@@ -125,11 +125,27 @@ def report(out: Path) -> dict[str, Any]:
     if not arms:
         raise SystemExit(f"error: nothing evaluated under {work}; run the arms first (see --help).")
     summary = {"model": "SmolLM2-135M-Instruct", "training_length": SOURCE_L, "text": hamlet().name,
-               "lora": {**LORA, "seq_length": ADAPT_LENGTH}, "arms": arms}
+               "lora": {**LORA, "seq_length": ADAPT_LENGTH}, "arms": arms, "goal": goal(arms)}
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "results.md", markdown(summary))
     plot(summary, out)
     return summary
+
+
+def goal(arms: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goal at 16k: the converted + LoRA arm better than the source and than YaRN(2) on perplexity
+    (whole window and tail) and on passkey."""
+    if "far_context_lora" not in arms:
+        return {}
+    mine, n = arms["far_context_lora"][str(LONG)], str(LONG)
+    out = {}
+    for other in ("source", "yarn_2"):
+        if other in arms:
+            theirs = arms[other][n]
+            out[other] = {"ppl": mine["ppl"] < theirs["ppl"], "tail_ppl": mine["tail_ppl"] < theirs["tail_ppl"],
+                          "passkey": mine["passkey"] > theirs["passkey"]}
+    out["reached"] = bool(out) and all(all(v.values()) for v in out.values())
+    return out
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -148,6 +164,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {arm} | {row['budget_tokens']:,} | " + " | ".join(fmt(row[str(s)]["ppl"]) for s in SHORT)
                      + f" | {fmt(long['ppl'])} | " + " | ".join(fmt(q) for q in long["quarter_ppl"])
                      + f" | {fmt(long['passkey'], 2)} | {depths} |")
+    if summary["goal"]:
+        beats = "; ".join(f"vs {other}: " + ", ".join(f"{k} {'better' if v else 'not better'}" for k, v in res.items())
+                          for other, res in summary["goal"].items() if other != "reached")
+        lines += ["", f"Goal (far_context_lora better than source and YaRN(2) at {LONG} on perplexity and passkey): "
+                  f"{'reached' if summary['goal']['reached'] else 'not reached'} ({beats})."]
     return "\n".join(lines) + "\n"
 
 

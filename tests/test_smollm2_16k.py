@@ -56,6 +56,9 @@ def test_every_arm_is_evaluated_and_the_report_has_quarters_and_passkey_depths(t
     assert arms["yarn_2"]["512"]["ppl"] != arms["source"]["512"]["ppl"]
     far = json.loads((out / "work" / "far-merged" / "config.json").read_text())["rope_parameters"]
     assert far["training_length"] == 128 and far["rotary_window"] == 64 and far["temperature"] == "length_log"
+    assert set(summary["goal"]) == {"source", "yarn_2", "reached"}
+    mine, source = arms["far_context_lora"]["512"], arms["source"]["512"]
+    assert summary["goal"]["source"]["ppl"] == (mine["ppl"] < source["ppl"])
     table = (out / "results.md").read_text()
     assert "| far_context_lora | 256 |" in table and "384-512" in table
     assert (out / "quarter_ppl_512.png").exists() and (out / "passkey_512.png").exists()
