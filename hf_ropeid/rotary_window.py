@@ -135,31 +135,49 @@ def _rotary_window_eager(module, query, key, value, attention_mask, distance, fa
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
-def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout):
-    """One fused sdpa call over every key twice: once as is (allowed only within W) and once with its
+def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, narrow=True):
+    """One fused sdpa call over the keys twice: once as is (allowed only within W) and once with its
     rotated pairs zeroed (allowed only beyond W). Each key is visible in exactly one copy, so the softmax
-    is exactly the windowed one; the cost is twice the keys, in exchange for the fused kernel."""
+    is exactly the windowed one. Each copy holds only the keys some query of this call can see in it (the
+    near copy the last W + queries keys, the far copy the keys W or more before the last query), so a
+    block of queries late in a long input costs about one pass over its keys, not two."""
     p: RopeIDParameters = module.rope_id
     n, half, k_len = p.num_rotated_pairs, query.shape[-1] // 2, key.shape[2]
-    far_key = key.clone()
+    # Columns j with 0 <= distance < W for some query (near) and distance >= W for some query (far);
+    # distance[i, j] = query_position_i - j, rows in increasing position.
+    first, last = int(distance[0, 0]), int(distance[-1, 0])  # positions of the first and last query
+    near_start = min(k_len - 1, max(0, first - p.rotary_window + 1)) if narrow else 0
+    far_stop = max(0, min(k_len, last - p.rotary_window + 1)) if narrow else k_len
+    whole = (key, value, distance, far_bias)
+    far_key = key[:, :, :far_stop].clone()
     far_key[..., :n] = 0
     far_key[..., half:half + n] = 0
+    far_value, far_distance = value[:, :, :far_stop], distance[:, :far_stop]
+    key, value, distance = key[:, :, near_start:], value[:, :, near_start:], distance[:, near_start:]
+    if far_bias is not None:
+        far_bias = far_bias[:, :far_stop]
     # A quarter of the dtype's minimum: kernels that rescale the mask (exp2 tricks) must not reach -inf,
     # or fully masked (padding) rows become NaN instead of staying finite as in the eager path.
     lowest = torch.finfo(query.dtype).min / 4
     near_mask = torch.zeros(distance.shape, dtype=query.dtype, device=query.device)
     near_mask.masked_fill_((distance < 0) | (distance >= p.rotary_window), lowest)
-    far_mask = torch.zeros_like(near_mask) if far_bias is None else far_bias.to(query.dtype)
-    far_mask = far_mask.masked_fill(distance < p.rotary_window, lowest)
+    far_mask = (torch.zeros(far_distance.shape, dtype=query.dtype, device=query.device) if far_bias is None
+                else far_bias.to(query.dtype))
+    far_mask = far_mask.masked_fill(far_distance < p.rotary_window, lowest)
     mask = torch.cat([near_mask, far_mask], dim=-1)[None, None]
     if attention_mask is not None:
         padding = attention_mask[..., :k_len]
         if padding.dtype == torch.bool:
             padding = torch.zeros(padding.shape, dtype=query.dtype, device=query.device).masked_fill_(~padding, lowest)
         padding = padding.to(query.dtype).clamp(min=lowest)
-        mask = (mask + torch.cat([padding, padding], dim=-1)).clamp(min=lowest)
+        padding = torch.cat([padding[..., near_start:], padding[..., :far_stop]], dim=-1)
+        mask = (mask + padding).clamp(min=lowest)
+        if narrow and bool((mask <= lowest).all(-1).any()):
+            # A row that sees no key at all (padding) averages every value, as the eager path does: all keys.
+            key, value, distance, far_bias = whole
+            return _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, False)
     output = nn.functional.scaled_dot_product_attention(
-        query, torch.cat([key, far_key], dim=2), torch.cat([value, value], dim=2), attn_mask=mask,
+        query, torch.cat([key, far_key], dim=2), torch.cat([value, far_value], dim=2), attn_mask=mask,
         dropout_p=dropout, scale=module.scaling,
     )
     return output.transpose(1, 2).contiguous(), None
