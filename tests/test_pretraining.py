@@ -258,7 +258,7 @@ def test_conversion_route_report_writes_the_summary_contract(tmp_path):
                 for arm in ("source", "yarn_oracle", "yarn_lora", "rope_id_lora")}
         (tmp_path / "runs").mkdir(exist_ok=True)
         (tmp_path / "runs" / f"seed{seed}.json").write_text(json.dumps(
-            {"seed": seed, "training_length": 128, "source_pretraining": 5000, "arms": arms}))
+            {"seed": seed, "default_recipe": "far-context", "training_length": 128, "source_pretraining": 5000, "arms": arms}))
     route.report(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["arms"]) == {"source", "yarn_oracle", "yarn_lora", "rope_id_lora"}
