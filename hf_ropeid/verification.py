@@ -196,6 +196,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"note: the verification text is short ({text.get('tokens_used', '?')} tokens of {text.get('file', '?')}), "
             "so these numbers differ from the benchmark tables (benchmarks/RESULTS.md), which use more text."
         )
+        if (report.get("rope_parameters") or {}).get("rotary_window") is not None:
+            lines.append(
+                "note: a far-context conversion (window attention) is meant to be adapted before use: hf-ropeid "
+                "finetune --seq-length L; untrained it costs perplexity inside L (--recipe portable costs less "
+                "untrained and runs in vLLM / llama.cpp, but collapsed past L after LoRA)."
+            )
     return lines
 
 

@@ -353,6 +353,7 @@ def test_the_default_convert_runs_twice(tiny_llama_dir, tmp_path, text_file, mon
     assert "verification: passed" in first.stdout and "generation check" in first.stdout
     assert re.search(r"source\s+[\d.]+\s+[\d.]+", first.stdout) and re.search(r"converted\s+[\d.]+", first.stdout)
     assert "the verification text is short" in first.stdout
+    assert "meant to be adapted before use" in first.stdout  # the default recipe's window, said at the end
     assert ".partial" not in first.stderr  # progress lines name the target, not the staging folder
     card = (target / "README.md").read_bytes()
 
