@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # guard: any Hub access in a test raises
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,6 +40,19 @@ TINY = dict(
     eos_token_id=257,
     pad_token_id=258,
 )
+
+
+def load_benchmark(name: str, module_name: str | None = None):
+    """``benchmarks/NAME.py`` imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name or name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_llama_config(**overrides) -> LlamaConfig:

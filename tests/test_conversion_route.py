@@ -10,16 +10,15 @@ from pathlib import Path
 
 from hf_ropeid import pretraining
 
+from conftest import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "conversion_route.py"
 
 
 def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_llama_dir, tmp_path, monkeypatch):
     words = b" ".join([b"to be or not to be that is the question"] * 400)
     monkeypatch.setattr(pretraining, "shakespeare_split", lambda: (words, words[:6000]))
-    spec = importlib.util.spec_from_file_location("conversion_route", SCRIPT)
-    route = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = route
-    spec.loader.exec_module(route)
+    route = load_benchmark("conversion_route", "conversion_route")
     out = tmp_path / "route"
     route.main(["--source", str(tiny_llama_dir), "--training-length", "128", "--multiples", "1,2",
                 "--lora-steps", "2", "--lora-batch", "2", "--seeds", "0", "--out", str(out)])
@@ -63,10 +62,7 @@ def test_toy_lora_data_packs_into_blocks_that_each_start_with_bos(tmp_path, monk
 
 
 def test_runs_recorded_before_the_default_changed_are_reported_under_todays_names():
-    spec = importlib.util.spec_from_file_location("conversion_route_names", SCRIPT)
-    route = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = route
-    spec.loader.exec_module(route)
+    route = load_benchmark("conversion_route", "conversion_route_names")
     old_toy = {"seed": 0, "arms": {"rope_id_lora": "old default", "rope_id_lora_no_temp": "old default, no temp",
                                    "p_rope_window_lora_lenlog": "far-context settings"}}
     arms = route.arms_under_the_current_default(old_toy)["arms"]

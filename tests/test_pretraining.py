@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_ropeid import LlamaRopeIDForCausalLM, RopeIDConfig, pretraining
 from hf_ropeid.rope_id import RopeIDParameters, query_temperature, scale_queries
+
+from conftest import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -222,11 +222,7 @@ def test_unknown_temperature_channels_is_refused_with_the_accepted_values():
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name)
 
 
 def test_toy_retrieval_report_writes_the_summary_contract(tmp_path):

@@ -3,23 +3,12 @@ eval) on a tiny Llama at tiny lengths: the same code that measured SmolLM2 at 16
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 from hf_ropeid import assets, pretraining
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "smollm2_16k.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("smollm2_16k", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_every_arm_is_evaluated_and_the_report_has_quarters_and_passkey_depths(tiny_llama_dir, tmp_path,
@@ -30,7 +19,7 @@ def test_every_arm_is_evaluated_and_the_report_has_quarters_and_passkey_depths(t
     held_out.write_bytes(words[:20000])
     monkeypatch.setattr(assets, "smollm2_checkpoint", lambda: tiny_llama_dir)
     monkeypatch.setattr(assets, "shakespeare_texts", lambda: {"hamlet": held_out})
-    bench = load_benchmark()
+    bench = load_benchmark("smollm2_16k")
     monkeypatch.setattr(bench, "LONG", 512)
     monkeypatch.setattr(bench, "SOURCE_L", 256)
     monkeypatch.setattr(bench, "SHORT", (128, 256))
