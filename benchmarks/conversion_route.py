@@ -16,6 +16,8 @@ Arms:
 - ``rope_id_lora``: ``hf-ropeid convert`` with its defaults (the far-context recipe) + LoRA;
 - ``portable_lora``: ``convert --recipe portable`` (no window; the default until this route measured it) + LoRA;
 - ``rope_id_paper_lora``: ``--recipe paper``, the paper's spectrum (periods 8..64) + LoRA;
+- ``ssmax_lora``: the default recipe with ``--temperature ssmax`` (the query scale ln(p)/ln(L) at every position,
+  learnt by the LoRA) + LoRA;
 - ``p_rope_window_lora``: half the pairs at their original frequencies, ``rotary_window = L/2`` + LoRA,
   evaluated without a temperature, with the length-log temperature on the unrotated channels only
   (``..._lenlog_nope``), on every channel (``..._lenlog``), and with the far-field normalisation
@@ -251,6 +253,9 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
         "rope_id_lora": [],  # the converter's defaults (the far-context recipe since it measured best here)
         "portable_lora": ["--recipe", "portable"],  # the default before: no window, every kernel runs it
         "rope_id_paper_lora": ["--recipe", "paper", "--shortest-period", str(max(2, L // 16))],
+        # The far-context recipe with Scalable-Softmax's query scale ln(p)/ln(L) at every position, inside L too,
+        # so the LoRA at L learns it (from scratch it kept passkey best past L: RESULTS §6).
+        "ssmax_lora": ["--temperature", "ssmax"],
         "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
                                "--temperature", "length_log", "--temperature-channels", "unrotated"],
     }

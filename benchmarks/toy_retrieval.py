@@ -1,6 +1,6 @@
 """From-scratch toy models that retrieve: does far context stay *usable* at 16x the training length?
 
-Every configuration is the same 2-layer, width-64 byte-level Llama, pretrained with the copy-capable
+Every configuration is the same small byte-level Llama (by default 3 layers, width 64, 2 heads), pretrained with the copy-capable
 curriculum of ``hf_ropeid.pretraining`` (same data order and initial weights per seed); only the positional
 encoding differs. Each trained model is evaluated at 1x, 2x, 4x, 8x and 16x its training length L = 128
 with the evaluation suite's own code:
@@ -283,6 +283,9 @@ def report(out: Path) -> dict[str, Any]:
                 mean, std = _mean_std(values)
                 cell[metric] = mean
                 full_cell[metric] = {"mean": mean, "std": std, "per_seed": values}
+            depths = [by_seed[s][str(m)].get("retrieval_by_depth") for s in seeds]
+            if all(depths):
+                full_cell["retrieval_by_depth"] = {d: statistics.fmean(x[d] for x in depths) for d in depths[0]}
             row[str(m)] = cell
             full_row[str(m)] = full_cell
         summary["configurations"][name] = row
@@ -290,6 +293,9 @@ def report(out: Path) -> dict[str, Any]:
     full["seeds"] = sorted({r["seed"] for r in runs})
     setup = runs[0]["setup"]
     summary["training_length"] = full["training_length"] = setup["training_length"]
+    if {"layers", "width", "head_dim"} <= set(setup):
+        full["shape"] = (f"{setup['layers']}-layer, width-{setup['width']}, "
+                         f"{setup['width'] // setup['head_dim']}-head (head_dim {setup['head_dim']})")
     summary["pretraining_tokens"] = full["pretraining_tokens"] = runs[0]["pretraining_tokens"]
     summary["seconds_per_step"] = full["seconds_per_step"] = statistics.fmean(
         r["training"]["seconds_per_step"] for r in runs)
@@ -331,7 +337,8 @@ def goal_check(per_config: dict[str, dict[int, dict]]) -> dict[str, Any]:
 
 def markdown(full: dict[str, Any]) -> str:
     L = full["training_length"]
-    lines = [f"Toy retrieval: 2-layer width-64 byte-level Llamas, L = {L}, mean ± std over seeds "
+    shape = full.get("shape", "small")
+    lines = [f"Toy retrieval: {shape} byte-level Llamas, L = {L}, mean ± std over seeds "
              f"({full['pretraining_tokens'] / 1e6:.2f}M pretraining tokens each).", ""]
     for metric, title, digits in (("tail_loss", "tail loss (nats/byte, lower is better)", 3),
                                   ("retrieval", "single-key (passkey) exact match", 2),
@@ -357,6 +364,17 @@ def markdown(full: dict[str, Any]) -> str:
                 cells.append("-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
+    longest = str(MULTIPLES[-1])
+    with_depths = {name: row[longest]["retrieval_by_depth"] for name, row in full["configurations"].items()
+                   if "retrieval_by_depth" in row[longest]}
+    if with_depths:
+        depths = list(next(iter(with_depths.values())))
+        lines += [f"**single-key exact match at {longest}x by needle depth** (mean of seeds; depth 0 = the needle "
+                  "right after BOS, 0.75 = three quarters in, nearest the question)", "",
+                  "| configuration | " + " | ".join(f"depth {d}" for d in depths) + " |", "|---|" + "---|" * len(depths)]
+        for name, by_depth in with_depths.items():
+            lines.append(f"| {name} | " + " | ".join(f"{by_depth[d]:.2f}" for d in depths) + " |")
+        lines.append("")
     goal = full.get("goal") or {}
     if goal:
         keys = ("retrieval_1x", "retrieval_kept_16x", "tail_flat_16x", "beats_yarn", "inside_L_vs_rope")
@@ -395,6 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="merge the runs under OUT/runs into the summary")
     parser.add_argument("--stage-steps", default=None,
                         help="comma-separated steps of each curriculum stage (default: pretraining.DEFAULT_STAGES)")
+    parser.add_argument("--curriculum", default="default", choices=list(pretraining.CURRICULA),
+                        help="pretraining stages (pretraining.CURRICULA; default: %(default)s)")
+    shape = pretraining.PretrainSetup()
+    parser.add_argument("--layers", type=int, default=shape.layers, help=f"(default: {shape.layers})")
+    parser.add_argument("--width", type=int, default=shape.width, help=f"hidden size (default: {shape.width})")
+    parser.add_argument("--head-dim", type=int, default=shape.head_dim,
+                        help=f"heads = width / head_dim (default: {shape.head_dim})")
     args = parser.parse_args(argv)
     if args.report:
         report(args.out)
@@ -403,7 +428,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"error: unknown variant(s) {unknown}; accepted: {', '.join(VARIANTS)}")
-    setup = pretraining.PretrainSetup()
+    if args.width % args.head_dim:
+        raise SystemExit(f"error: --width {args.width} is not a multiple of --head-dim {args.head_dim}")
+    setup = pretraining.PretrainSetup(layers=args.layers, width=args.width, head_dim=args.head_dim,
+                                      stages=pretraining.CURRICULA[args.curriculum])
     if args.stage_steps:
         from dataclasses import replace
 

@@ -163,6 +163,18 @@ def test_toy_source_checkpoint_is_a_plain_llama_folder_built_once(tmp_path, monk
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_toy_sources_of_other_shapes_or_curricula_never_share_the_default_folder():
+    default = pretraining.PretrainSetup()
+    assert pretraining.toy_source_name(0, default) == "toy-rope-L128-seed0"
+    names = {pretraining.toy_source_name(0, setup) for setup in (
+        default, replace(default, head_dim=16), replace(default, width=128),
+        replace(default, stages=pretraining.COPY_FIRST_STAGES), replace(default, stages=default.stages[:1]))}
+    assert len(names) == 5
+    assert pretraining.toy_source_name(1, replace(default, head_dim=16)) == "toy-rope-L128-3x64h4-seed1"
+    assert pretraining.toy_source_name(0, replace(default, stages=pretraining.COPY_FIRST_STAGES)).endswith(
+        "-copy-first-seed0")
+
+
 # ----------------------------------------------------------------------------------------------
 # temperature "ssmax" and temperature_channels "unrotated"
 
@@ -229,7 +241,8 @@ def test_toy_retrieval_report_writes_the_summary_contract(tmp_path):
     toy = load("toy_retrieval")
     for seed in (0, 1, 2):
         results = {name: {str(m): {"tail_loss": 1.5 + seed * 0.01 + m * 0.001, "retrieval": 0.9 - m * 0.01,
-                                   "multikey": 0.5} for m in toy.MULTIPLES}
+                                   "multikey": 0.5, "retrieval_by_depth": {"0.0": 1.0, "0.75": seed / 4}}
+                          for m in toy.MULTIPLES}
                    for name in ("rope", "rope+yarn", "p_rope_win64+lenlog_nope")}
         record = {"seed": seed, "setup": {"training_length": 128}, "pretraining_tokens": 1000,
                   "training": {"seconds_per_step": 0.1}, "results": results}
@@ -243,6 +256,9 @@ def test_toy_retrieval_report_writes_the_summary_contract(tmp_path):
     assert row["16"]["retrieval"] == pytest.approx(0.74)
     assert (tmp_path / "retrieval_vs_length.png").stat().st_size > 1000
     assert "± " in (tmp_path / "results.md").read_text()
+    by_depth = json.loads((tmp_path / "summary_full.json").read_text())["configurations"]["rope"]["16"]
+    assert by_depth["retrieval_by_depth"] == {"0.0": 1.0, "0.75": pytest.approx(0.25)}  # (0 + 1/4 + 2/4) / 3
+    assert "| rope | 1.00 | 0.25 |" in (tmp_path / "results.md").read_text()
 
 
 def test_conversion_route_report_writes_the_summary_contract(tmp_path):

@@ -1,7 +1,8 @@
 """Inference-time temperatures on a trained toy window model (RESULTS §6): passkey and tail loss at 1x-16x.
 
 Usage: python benchmarks/toy_copy_probes/temperature_sweep.py SEED  (needs benchmarks/results/toy_retrieval/models/
-p_rope_win64-seedSEED, saved by benchmarks/toy_retrieval.py).
+p_rope_win64-seedSEED, saved by benchmarks/toy_retrieval.py), or ... temperature_sweep.py FOLDER (a saved window model
+of the default shape) [CONFIG,CONFIG...].
 """
 import sys
 from pathlib import Path
@@ -25,13 +26,17 @@ CONFIGS = {
     "qlog0.3": dict(temperature="query_log", temperature_coefficient=0.3),
     "qlog0.2+farnorm": dict(temperature="query_log", temperature_coefficient=0.2, far_field="log_count"),
     "floor0.3": dict(temperature="floor_log", temperature_coefficient=0.3),
+    "qlog0.15": dict(temperature="query_log", temperature_coefficient=0.15),
 }
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    which = sys.argv[1] if len(sys.argv) > 1 else "0"
     setup = P.PretrainSetup()
-    folder = ROOT / f"benchmarks/results/toy_retrieval/models/p_rope_win64-seed{seed}"
+    folder = (ROOT / f"benchmarks/results/toy_retrieval/models/p_rope_win64-seed{which}") if which.isdigit() else Path(
+        which)
+    if len(sys.argv) > 2:
+        CONFIGS = {name: CONFIGS[name] for name in sys.argv[2].split(",")}
     state = load_file(folder / "model.safetensors")
     multiples = (1, 2, 4, 8, 16)
     data = T.eval_data([m * setup.training_length for m in multiples], P.shakespeare_split()[1])
