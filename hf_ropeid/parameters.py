@@ -17,7 +17,7 @@ CONVERSION_OPTION_KEYS = ("recipe", *ROPE_ID_OPTION_KEYS)
 # Named sets of RoPE-ID parameters for a conversion; options given explicitly override them.
 # "far-context" (the default of the convert and finetune commands, not of the Python functions): the
 # configuration measured best past L after LoRA at L (benchmarks/RESULTS.md §6 from scratch, §10 converted +
-# LoRA, 4 seeds; SmolLM2 at 16k tokens §11): half the pairs at their original frequencies, keys L/2 or more
+# LoRA, 4 + 3 seeds in two rounds; SmolLM2 at 16k tokens §11): half the pairs at their original frequencies, keys L/2 or more
 # tokens back scored by the unrotated half only, and the length-log temperature ln(p)/ln(L) past L on every
 # channel. Its attention needs RoPE-ID's own eager / sdpa kernels.
 # "portable": no window, the query-log temperature (conversion.DEFAULT_CONVERSION for the rest): every
