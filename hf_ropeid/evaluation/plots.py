@@ -34,7 +34,7 @@ def _finite(values: Sequence[float]) -> list[float]:
 
 def color_map(names: Sequence[str]) -> dict[str, tuple]:
     """A stable colour per name (the same variant has the same colour in every figure)."""
-    palette = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors  # tab20: pairs of light/dark hues
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
@@ -99,10 +99,12 @@ def draw_lines(
 
 def line_plot(path: str | Path, series: Series, *, legend_title: str = "", **kwargs) -> Path:
     """One panel of lines (see ``draw_lines`` for the keyword arguments)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    many = len(series) > 8  # a legend that long would cover the lines: it goes to the right of the axes
+    fig, ax = plt.subplots(figsize=(9.5 if many else 7, 4.5))
     draw_lines(ax, series, **kwargs)
     if series:
-        ax.legend(fontsize=8, title=legend_title or None, loc="best")
+        placement = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0)) if many else dict(loc="best")
+        ax.legend(fontsize=8, title=legend_title or None, **placement)
     return save_figure(fig, path)
 
 
