@@ -136,6 +136,10 @@ VARIANTS = {
                  "+lenlog_nope": same(rope_id(spectrum="original", **LENGTH_LOG_UNROTATED))}),
         Variant("p_rope_win64", "p-RoPE; keys 64+ bytes back scored by the unrotated pairs only",
                 rope_id(spectrum="original", **WINDOW), window_evals(spectrum="original", **WINDOW)),
+        Variant("p_rope_win64_local0", "p-RoPE + window 64; layer 0 a sliding window (sees only the last 64 keys "
+                "and the first), SWAN-style", rope_id(spectrum="original", local_layers=[0], **WINDOW),
+                {"": same(rope_id(spectrum="original", local_layers=[0], **WINDOW)),
+                 "+lenlog": same(rope_id(spectrum="original", local_layers=[0], **WINDOW, **LENGTH_LOG))}),
         Variant("p_rope_win64_ssmax", "p-RoPE + window 64, trained with SSMax-style query scaling ln(p)/ln(L) "
                 "at every position", rope_id(spectrum="original", temperature="ssmax", **WINDOW),
                 {"": same(rope_id(spectrum="original", temperature="ssmax", **WINDOW))}),

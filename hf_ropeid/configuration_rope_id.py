@@ -37,7 +37,8 @@ class RopeIDConfig(LlamaConfig):
     - ``rotary_fraction`` (0.5), ``shortest_period`` (32), ``turns_per_training_length`` (2),
       ``spectrum`` ("rope_id" | "original" | "minimal"), ``temperature``
       ("query_log" | "length_log" | "floor_log" | "none"), ``temperature_coefficient`` (0.1), ``rope_theta``,
-      and the experimental ``rotary_window`` (None) and ``far_field`` ("none").
+      and the experimental ``rotary_window`` (None), ``far_field`` ("none"), ``temperature_channels`` ("all") and
+      ``local_layers`` ([]: layers that see only the window and the first key).
 
     Like every transformers config it constructs from any sizes; checks that depend on the head size
     (``head_dim`` even, ``rotary_fraction`` a whole number of pairs) run when a model is built, or in

@@ -43,6 +43,7 @@ PARAMETER_KEYS = (
     "rotary_window",
     "far_field",
     "temperature_channels",
+    "local_layers",
 )
 
 
@@ -90,6 +91,11 @@ class RopeIDParameters:
             attention sink) get the logit bias ``-ln(max(m, M) / M)``, ``m`` = far keys of the query,
             ``M = L - 1 - W``; the far field as a whole keeps the weight it had at ``L``. Exactly 0
             inside ``L``, so it can be switched on for a trained model.
+        local_layers: layer indices (0-based) that attend only to keys less than ``rotary_window`` back, plus
+            the first key (the attention sink): sliding-window layers, as in SWAN-GPT. Their outputs do not
+            depend on how long the input is, so tokens deep in a long input are encoded as in training; the
+            query temperature is not applied on them (they have no far field). Needs ``rotary_window``; train
+            with it. Empty (the default): every layer sees every key.
     """
 
     head_dim: int
@@ -104,8 +110,10 @@ class RopeIDParameters:
     rotary_window: int | None = None
     far_field: str = "none"
     temperature_channels: str = "all"
+    local_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "local_layers", parse_local_layers(self.local_layers))
         validate(self)
 
     @property
@@ -133,9 +141,16 @@ class RopeIDParameters:
         check runs here, including those that depend on the head size: call it where the
         config's shape is final (when a model is built).
         """
-        return cls.from_rope_parameters(
+        params = cls.from_rope_parameters(
             dict(config.rope_parameters), head_dim=head_dim_of(config), default_training_length=config.max_position_embeddings
         )
+        layers = getattr(config, "num_hidden_layers", None)
+        if params.local_layers and layers is not None and max(params.local_layers) >= layers:
+            raise RopeIDParameterError(
+                f"rope_parameters 'local_layers' {list(params.local_layers)} names a layer the model does not have: "
+                f"its layers are 0..{layers - 1}."
+            )
+        return params
 
     @classmethod
     def from_rope_parameters(
@@ -148,7 +163,26 @@ class RopeIDParameters:
         """The ``rope_parameters`` dict that reproduces these settings (every key explicit)."""
         out = {"rope_type": ROPE_TYPE, **asdict(self)}
         out.pop("head_dim")
+        out["local_layers"] = list(self.local_layers)
         return out
+
+
+def parse_local_layers(value: Any) -> tuple[int, ...]:
+    """``local_layers`` as a sorted tuple of layer indices; accepts a list, a tuple or text such as ``"0,1"``."""
+    if value is None:
+        return ()
+    items = [item for item in value.replace(" ", "").split(",") if item] if isinstance(value, str) else list(value)
+    try:
+        layers = [int(item) for item in items]
+        if any(isinstance(item, bool) or (not isinstance(item, str) and int(item) != item) for item in items):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise RopeIDParameterError(
+            f"local_layers must be layer indices (whole numbers from 0), e.g. [0] or \"0,1\"; got {value!r}."
+        ) from None
+    if any(layer < 0 for layer in layers):
+        raise RopeIDParameterError(f"local_layers must be layer indices from 0 up; got {value!r}.")
+    return tuple(sorted(set(layers)))
 
 
 def _is_number(value: Any) -> bool:
@@ -185,6 +219,7 @@ def rope_id_settings(rope_parameters: dict[str, Any], default_training_length: i
     settings["training_length"] = default_training_length
     settings.update({k: rope_parameters[k] for k in PARAMETER_KEYS if rope_parameters.get(k) is not None})
     settings["rope_theta"] = rope_parameters.get("rope_theta", settings["rope_theta"])
+    settings["local_layers"] = list(parse_local_layers(settings["local_layers"]))  # JSON-friendly
     _validate_settings(settings)
     return settings
 
@@ -204,7 +239,7 @@ def validate(p: RopeIDParameters) -> None:
 def _validate_settings(v: dict[str, Any]) -> None:
     """The checks that do not depend on the head size."""
     for name, value in v.items():
-        if name in ("head_dim", "spectrum", "temperature", "far_field", "temperature_channels") or (
+        if name in ("head_dim", "spectrum", "temperature", "far_field", "temperature_channels", "local_layers") or (
             name == "rotary_window" and value is None
         ):
             continue
@@ -235,6 +270,10 @@ def _validate_settings(v: dict[str, Any]) -> None:
         raise RopeIDParameterError(
             f"far_field {v['far_field']!r} needs a rotary_window of at most training_length - 2 = "
             f"{v['training_length'] - 2} tokens (it weighs the keys beyond the window), got {window!r}."
+        )
+    if v["local_layers"] and window is None:
+        raise RopeIDParameterError(
+            f"local_layers {list(v['local_layers'])} needs a rotary_window (the span those layers see); none is set."
         )
     if v["spectrum"] != "original":
         longest_period = v["training_length"] / v["turns_per_training_length"]

@@ -1,8 +1,8 @@
 """Attention for RoPE-ID's experimental ``rotary_window`` and ``far_field`` options.
 
 With ``rotary_window = W``, a key ``W`` or more tokens before the query is scored by the unrotated
-channel pairs only; ``far_field = "log_count"`` adds a logit bias to those far keys (see
-``RopeIDParameters`` in ``rope_id.py``). No stock attention kernel computes this, so this file brings
+channel pairs only; ``far_field = "log_count"`` adds a logit bias to those far keys, and the layers of ``local_layers``
+do not see them at all (a sliding window; see ``RopeIDParameters`` in ``rope_id.py``). No stock attention kernel computes this, so this file brings
 its own, in transformers' attention-function format, on a model-local ``AttentionInterface``:
 
 - ``"eager"``: scores built by hand (returns the attention weights);
@@ -104,13 +104,14 @@ def rotary_window_attention(
     key_positions = torch.arange(k_len, device=query.device)
     distance = query_positions[:, None] - key_positions[None, :]
     far_bias = None
-    if p.far_field == "log_count":
+    local = module.layer_idx in p.local_layers
+    if p.far_field == "log_count" and not local:
         far_bias = far_field_bias(query_positions, key_positions, p.training_length, p.rotary_window)
     attend = _rotary_window_sdpa if kernel == "sdpa" else _rotary_window_eager
-    return attend(module, query, key, value, attention_mask, distance, far_bias, dropout)
+    return attend(module, query, key, value, attention_mask, distance, far_bias, dropout, local=local)
 
 
-def _rotary_window_eager(module, query, key, value, attention_mask, distance, far_bias, dropout):
+def _rotary_window_eager(module, query, key, value, attention_mask, distance, far_bias, dropout, local=False):
     p: RopeIDParameters = module.rope_id
     n, half, k_len = p.num_rotated_pairs, query.shape[-1] // 2, key.shape[2]
 
@@ -124,6 +125,10 @@ def _rotary_window_eager(module, query, key, value, attention_mask, distance, fa
         scores = scores.add_(far_bias.to(scores.dtype))
     lowest = torch.finfo(scores.dtype).min  # not -inf: fully masked (padding) rows stay finite
     scores = scores.masked_fill_(distance < 0, lowest)
+    if local:  # a sliding window: far keys are not seen at all, except the first (the sink)
+        outside = distance >= p.rotary_window
+        outside[:, 0] = False
+        scores = scores.masked_fill_(outside, lowest)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill_(~attention_mask[..., :k_len], lowest)
     elif attention_mask is not None:
@@ -135,7 +140,8 @@ def _rotary_window_eager(module, query, key, value, attention_mask, distance, fa
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
-def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, narrow=True):
+def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, narrow=True,
+                        local=False):
     """One fused sdpa call over the keys twice: once as is (allowed only within W) and once with its
     rotated pairs zeroed (allowed only beyond W). Each key is visible in exactly one copy, so the softmax
     is exactly the windowed one. Each copy holds only the keys some query of this call can see in it (the
@@ -148,6 +154,8 @@ def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far
     first, last = int(distance[0, 0]), int(distance[-1, 0])  # positions of the first and last query
     near_start = min(k_len - 1, max(0, first - p.rotary_window + 1)) if narrow else 0
     far_stop = max(0, min(k_len, last - p.rotary_window + 1)) if narrow else k_len
+    if local:  # a sliding window: the far copy holds only the first key (the sink)
+        far_stop = min(far_stop, 1)
     whole = (key, value, distance, far_bias)
     far_key = key[:, :, :far_stop].clone()
     far_key[..., :n] = 0
@@ -175,7 +183,8 @@ def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far
         if narrow and bool((mask <= lowest).all(-1).any()):
             # A row that sees no key at all (padding) averages every value, as the eager path does: all keys.
             key, value, distance, far_bias = whole
-            return _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, False)
+            return _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, False,
+                                       local)
     output = nn.functional.scaled_dot_product_attention(
         query, torch.cat([key, far_key], dim=2), torch.cat([value, far_value], dim=2), attn_mask=mask,
         dropout_p=dropout, scale=module.scaling,

@@ -122,6 +122,10 @@ class ConversionArguments:
     temperature_channels: str | None = _help(
         "Experimental: channels the temperature multiplies, all | unrotated (conversion).", default=None
     )
+    local_layers: str | None = _help(
+        "Experimental: layers (e.g. 0 or 0,1) that see only the rotary window and the first key (conversion).",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         try:

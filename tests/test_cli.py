@@ -21,7 +21,7 @@ def option_names(command: str) -> set[str]:
 
 def test_convert_and_finetune_accept_every_rope_id_parameter_under_its_key_name():
     expected = {"--" + key.replace("_", "-") for key in ROPE_ID_OPTION_KEYS}
-    assert len(expected) == 11  # rope_theta and the 10 frozen rope_parameters keys
+    assert len(expected) == 12  # rope_theta and the 11 frozen rope_parameters keys
     for command in ("convert", "finetune"):
         names = option_names(command)
         assert expected <= names, (command, expected - names)

@@ -125,6 +125,11 @@ def test_unset_parameters_are_left_out_and_a_rotary_window_is_described():
     )
     text = render(rope_parameters=windowed.to_rope_parameters())
     assert "| `rotary_window` | 4096 |" in text and "Keys 4096 or more tokens before the query" in text
+    assert "sliding window" not in text
+    local = RopeIDParameters(head_dim=64, training_length=8192, spectrum="original", rotary_window=4096,
+                             local_layers=[0, 2])
+    text = model_card.describe_positions(local.to_rope_parameters(), 64)
+    assert "Layers 0, 2 attend only to the last 4096 keys and the first key (sliding window)" in text
 
 
 @pytest.mark.parametrize("temperature", ["query_log", "length_log", "floor_log", "ssmax", "none"])

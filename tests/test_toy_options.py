@@ -179,3 +179,80 @@ def test_a_bad_mask_reaching_the_window_kernel_gets_a_clear_error():
     q = torch.randn(1, 4, 6, 16)
     with pytest.raises(ValueError, match="needs a 4-D tensor attention mask"):
         rotary_window_attention(attn, q, q[:, :2], q[:, :2], torch.ones(1, 6, dtype=torch.bool), query_start=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# local_layers: sliding-window layers (SWAN-style)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(local_layers=[0]), "needs a rotary_window"),
+        (dict(local_layers=[-1], rotary_window=32), "from 0 up"),
+        (dict(local_layers="0,x", rotary_window=32), "whole numbers from 0"),
+        (dict(local_layers=[0.5], rotary_window=32), "whole numbers from 0"),
+    ],
+)
+def test_bad_local_layers_are_refused_with_a_reason(kwargs, message):
+    with pytest.raises(RopeIDParameterError, match=message):
+        RopeIDParameters(head_dim=16, training_length=L, shortest_period=8, **kwargs)
+
+
+def test_local_layers_are_parsed_and_round_trip_as_a_list():
+    assert RopeIDParameters(head_dim=16, rotary_window=32, local_layers="1, 0").local_layers == (0, 1)
+    config = model(rotary_window=32, local_layers="0").config
+    assert config.rope_parameters["local_layers"] == [0]
+    again = RopeIDConfig.from_dict(config.to_dict())
+    assert again.rope_parameters["local_layers"] == [0]
+    with pytest.raises(ValueError, match="names a layer the model does not have"):
+        model(rotary_window=32, local_layers=[7])
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_a_local_layer_sees_only_the_window_and_the_first_key(kernel):
+    m = model(rotary_window=24, local_layers=[0])
+    local, other = m.model.layers[0].self_attn, m.model.layers[1].self_attn
+    q, k, v = (torch.randn(1, 4, 90, 16) for _ in range(3))
+    k, v = k[:, :2], v[:, :2]
+    with torch.no_grad():
+        out, _ = rotary_window_attention(local, q, k, v, None, query_start=0, kernel=kernel)
+        # Reference: softmax over the keys less than W back (every channel) and key 0 (the sink; W or more back
+        # it is a far key, scored by the unrotated pairs only), scale 1/sqrt(head_dim).
+        keys = k[0].repeat_interleave(2, 0)
+        n, half = local.rope_id.num_rotated_pairs, 8
+        phase_free = keys.clone()
+        phase_free[..., :n] = 0
+        phase_free[..., half:half + n] = 0
+        scores = torch.einsum("hqd,hkd->hqk", q[0], keys) * local.scaling
+        sink = torch.einsum("hqd,hd->hq", q[0], phase_free[:, 0]) * local.scaling
+        distance = torch.arange(90)[:, None] - torch.arange(90)[None, :]
+        scores[:, :, 0] = torch.where(distance[:, 0] >= 24, sink, scores[:, :, 0])
+        visible = (distance >= 0) & ((distance < 24) | (torch.arange(90)[None, :] == 0))
+        weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+        expected = (weights @ v[0].repeat_interleave(2, 0)).transpose(0, 1)[None]
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        # A non-local layer of the same model still sees the far keys (through the unrotated pairs).
+        far, _ = rotary_window_attention(other, q, k, v, None, query_start=0, kernel=kernel)
+        assert (far[:, 30:] - out[:, 30:]).abs().amax() > 1e-3
+
+
+def test_local_layers_get_no_temperature_and_decode_like_the_full_forward():
+    ids = torch.randint(0, 256, (1, 300))
+    base = model(rotary_window=32, local_layers=[0], temperature="none")
+    tempered = model(rotary_window=32, local_layers=[0], temperature="length_log")
+    tempered.load_state_dict(base.state_dict())
+    captured = {}
+    for name, m in (("base", base), ("tempered", tempered)):
+        hook = m.model.layers[0].register_forward_hook(lambda mod, args, out, n=name: captured.update({n: out}))
+        logits(m, ids)
+        hook.remove()
+    first = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731
+    torch.testing.assert_close(first(captured["base"]), first(captured["tempered"]))  # layer 0: no temperature
+    assert (logits(base, ids)[:, 200:] - logits(tempered, ids)[:, 200:]).abs().amax() > 1e-3  # layer 1: tempered
+    full = logits(tempered, ids)
+    with torch.no_grad():
+        out = tempered(input_ids=ids[:, :290], use_cache=True)
+        for t in range(290, 300):
+            out = tempered(input_ids=ids[:, t:t + 1], cache=out.cache, use_cache=True)
+            torch.testing.assert_close(out.logits[:, -1], full[:, t], atol=1e-4, rtol=1e-4)

@@ -100,6 +100,8 @@ _ROPE_ID_HELP = {
     "rotary_window": (int, "Keys this many tokens back or more are scored by the unrotated pairs only (far-context: L/2)."),
     "far_field": (str, "Experimental: none | log_count (needs rotary_window <= L-2)."),
     "temperature_channels": (str, "Channels the temperature multiplies: all (paper) | unrotated (NoPE only) (all)."),
+    "local_layers": (str, "Experimental: layers, e.g. 0 or 0,1, that see only the rotary window and the first key "
+                          "(sliding window, no temperature; needs --rotary-window). Train with it."),
 }
 # Old spellings, accepted but not shown: alias -> key
 ROPE_ID_ALIASES = {"train_length": "training_length", "turns": "turns_per_training_length"}
