@@ -13,10 +13,13 @@ Arms:
 - ``source``, ``pi_oracle``, ``ntk_oracle``, ``yarn_oracle``: the source as it is and its training-free
   rescalings with the oracle factor n / L (``hf-ropeid eval`` baselines);
 - ``yarn_lora``: YaRN with factor 16 + LoRA (the standard context-extension recipe);
-- ``rope_id_lora``: ``hf-ropeid convert`` with its defaults (the far-context recipe) + LoRA;
+- ``rope_id_lora``: ``hf-ropeid convert`` with its defaults (the far-context recipe: window, length-log temperature,
+  layer 0 a sliding window) + LoRA;
 - ``portable_lora``: ``convert --recipe portable`` (no window; the default until this route measured it) + LoRA;
 - ``rope_id_paper_lora``: ``--recipe paper``, the paper's spectrum (periods 8..64) + LoRA;
-- ``ssmax_lora``: the default recipe with ``--temperature ssmax`` (the query scale ln(p)/ln(L) at every position,
+- ``global_layers_lora``: the far-context recipe with every layer global (``--local-layers ""``; the default until
+  round 3 measured layer 0 as a sliding window) + LoRA;
+- ``ssmax_lora``: ``global_layers_lora`` with ``--temperature ssmax`` (the query scale ln(p)/ln(L) at every position,
   learnt by the LoRA) + LoRA;
 - ``p_rope_window_lora``: half the pairs at their original frequencies, ``rotary_window = L/2`` + LoRA,
   evaluated without a temperature, with the length-log temperature on the unrotated channels only
@@ -251,13 +254,15 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
 
     conversions = {
         "rope_id_lora": [],  # the converter's defaults (the far-context recipe since it measured best here)
+        # The far-context recipe before layer 0 became a sliding window (round 3): every layer global.
+        "global_layers_lora": ["--local-layers", ""],
         "portable_lora": ["--recipe", "portable"],  # the default before: no window, every kernel runs it
         "rope_id_paper_lora": ["--recipe", "paper", "--shortest-period", str(max(2, L // 16))],
         # The far-context recipe with Scalable-Softmax's query scale ln(p)/ln(L) at every position, inside L too,
         # so the LoRA at L learns it (from scratch it kept passkey best past L: RESULTS §6).
-        "ssmax_lora": ["--temperature", "ssmax"],
+        "ssmax_lora": ["--temperature", "ssmax", "--local-layers", ""],
         "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
-                               "--temperature", "length_log", "--temperature-channels", "unrotated"],
+                               "--temperature", "length_log", "--temperature-channels", "unrotated", "--local-layers", ""],
     }
     if small:  # a CPU budget on a real model: the converter's default (far-context) and the portable recipe
         # (the paper's spectrum measured 4x the source's perplexity on SmolLM2 without training)

@@ -18,15 +18,17 @@ CONVERSION_OPTION_KEYS = ("recipe", *ROPE_ID_OPTION_KEYS)
 # "far-context" (the default of the convert and finetune commands, not of the Python functions): the
 # configuration measured best past L after LoRA at L (benchmarks/RESULTS.md §6 from scratch, §10 converted +
 # LoRA, 4 + 3 seeds in two rounds; SmolLM2 at 16k tokens §11): half the pairs at their original frequencies, keys L/2 or more
-# tokens back scored by the unrotated half only, and the length-log temperature ln(p)/ln(L) past L on every
-# channel. Its attention needs RoPE-ID's own eager / sdpa kernels.
+# tokens back scored by the unrotated half only, the length-log temperature ln(p)/ln(L) past L on every
+# channel, and layer 0 a sliding window (the last L/2 keys and the first; no temperature), which took passkey at
+# 16x L from 0.20 to 0.88 on the toy route (RESULTS §10, round 3). Its attention needs RoPE-ID's own eager / sdpa
+# kernels. ``--local-layers ""`` leaves every layer global.
 # "portable": no window, the query-log temperature (conversion.DEFAULT_CONVERSION for the rest): every
 # kernel runs it (vLLM, llama.cpp via GGUF, flash-attention), and it has the lowest perplexity inside L
 # without training, but after LoRA at L it collapsed past L on the toy (RESULTS §10).
 # "paper": the paper's RoPE-ID (geometric spectrum, half the pairs, query-log temperature), no window.
 RECIPES: dict[str, dict] = {
     "far-context": {"spectrum": "original", "rotary_fraction": 0.5, "rotary_window": "half",
-                    "temperature": "length_log", "temperature_channels": "all"},
+                    "temperature": "length_log", "temperature_channels": "all", "local_layers": [0]},
     "portable": {},
     "paper": {"spectrum": "rope_id", "rotary_fraction": 0.5, "temperature": "query_log"},
 }

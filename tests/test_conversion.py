@@ -579,7 +579,9 @@ def test_far_context_recipe_fills_the_unset_parameters_and_explicit_options_win(
     recipe = conversion.rope_id_config(config, recipe="far-context").rope_parameters
     assert recipe["spectrum"] == "original" and recipe["rotary_fraction"] == 0.5
     assert recipe["rotary_window"] == 64 and recipe["temperature"] == "length_log"
-    assert recipe["temperature_channels"] == "all"
+    assert recipe["temperature_channels"] == "all" and recipe["local_layers"] == [0]
+    every_layer_global = conversion.rope_id_config(config, recipe="far-context", local_layers="").rope_parameters
+    assert every_layer_global["local_layers"] == [] and every_layer_global["rotary_window"] == 64
     overridden = conversion.rope_id_config(config, recipe="far-context", rotary_window=32, training_length=256)
     assert overridden.rope_parameters["rotary_window"] == 32 and overridden.rope_parameters["training_length"] == 256
     assert conversion.rope_id_config(config, recipe="far-context", training_length=256).rope_parameters[
@@ -605,7 +607,11 @@ def test_commands_convert_with_the_far_context_recipe_unless_told_otherwise(tiny
     assert runner.invoke(app, ["convert", str(tiny_llama_dir), str(default), "--no-verify"]).exit_code == 0
     rope = json.loads((default / "config.json").read_text())["rope_parameters"]
     assert (rope["spectrum"], rope["rotary_fraction"], rope["rotary_window"]) == ("original", 0.5, 64)  # L = 128
-    assert (rope["temperature"], rope["temperature_channels"]) == ("length_log", "all")
+    assert (rope["temperature"], rope["temperature_channels"], rope["local_layers"]) == ("length_log", "all", [0])
+    global_only = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "g"), "--no-verify",
+                                      "--local-layers", ""])  # every layer global again
+    assert json.loads((tmp_path / "g" / "config.json").read_text())["rope_parameters"]["local_layers"] == [], (
+        global_only.output)
     explicit = runner.invoke(app, ["convert", str(tiny_llama_dir), str(tmp_path / "w"), "--no-verify",
                                    "--rotary-window", "32"])  # an option given wins over the recipe's value
     assert json.loads((tmp_path / "w" / "config.json").read_text())["rope_parameters"]["rotary_window"] == 32, explicit.output
