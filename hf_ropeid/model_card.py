@@ -73,8 +73,11 @@ def describe_positions(rope_parameters: Mapping[str, Any], head_dim: int) -> str
         text += f" Keys {p['rotary_window']} or more tokens before the query are scored by the unrotated pairs only"
         text += " (far-field bias: log_count)." if p.get("far_field") == "log_count" else "."
         if p.get("local_layers"):
-            text += (f" Layers {', '.join(str(i) for i in p['local_layers'])} attend only to the last "
-                     f"{p['rotary_window']} keys and the first key (sliding window), without temperature.")
+            layers = list(p["local_layers"])
+            which = f"Layer {layers[0]} attends" if len(layers) == 1 else (
+                f"Layers {', '.join(str(i) for i in layers)} attend")
+            text += (f" {which} only to the last {p['rotary_window']} keys and the first key (sliding window), "
+                     "without temperature.")
         text += (" This attention runs in transformers (attn_implementation 'sdpa' or 'eager') only: vLLM, llama.cpp "
                  "and flash-attention refuse it (hf-ropeid's `--recipe portable` converts for them).")
     return text

@@ -130,6 +130,8 @@ def test_unset_parameters_are_left_out_and_a_rotary_window_is_described():
                              local_layers=[0, 2])
     text = model_card.describe_positions(local.to_rope_parameters(), 64)
     assert "Layers 0, 2 attend only to the last 4096 keys and the first key (sliding window)" in text
+    one = RopeIDParameters(head_dim=64, training_length=8192, spectrum="original", rotary_window=4096, local_layers=[0])
+    assert "Layer 0 attends only to the last 4096 keys" in model_card.describe_positions(one.to_rope_parameters(), 64)
 
 
 @pytest.mark.parametrize("temperature", ["query_log", "length_log", "floor_log", "ssmax", "none"])
