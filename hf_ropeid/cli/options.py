@@ -100,8 +100,8 @@ _ROPE_ID_HELP = {
     "rotary_window": (int, "Keys this many tokens back or more are scored by the unrotated pairs only (far-context: L/2)."),
     "far_field": (str, "Experimental: none | log_count (needs rotary_window <= L-2)."),
     "temperature_channels": (str, "Channels the temperature multiplies: all (paper) | unrotated (NoPE only) (all)."),
-    "local_layers": (str, "Experimental: layers, e.g. 0 or 0,1, that see only the rotary window and the first key "
-                          "(sliding window, no temperature; needs --rotary-window). Train with it."),
+    "local_layers": (str, "Layers, e.g. 0 or 0,1, that see only the rotary window and the first key (sliding "
+                          "window, no temperature; needs --rotary-window; far-context: 0; \"\" for none). Adapt with it."),
 }
 # Old spellings, accepted but not shown: alias -> key
 ROPE_ID_ALIASES = {"train_length": "training_length", "turns": "turns_per_training_length"}
@@ -113,7 +113,8 @@ def rope_id_options() -> list[inspect.Parameter]:
     recipe = option("recipe", str | None, None, help=(
         f"Named set of the options below ({' | '.join(RECIPES)}; default {DEFAULT_RECIPE}); options given explicitly "
         "override it. far-context: --spectrum original --rotary-fraction 0.5 --rotary-window L/2 --temperature "
-        "length_log, measured best past L after LoRA at L; its attention runs only in transformers (eager / sdpa). "
+        "length_log --local-layers 0, measured best past L after LoRA at L; its attention runs only in transformers "
+        "(eager / sdpa). "
         "portable: no window, query_log temperature: runs in vLLM, llama.cpp (GGUF) and flash-attention too. paper: the "
         "paper's spectrum, no window."))
     shown = [recipe] + [option(key, kind | None, None, help=help_text) for key, (kind, help_text) in _ROPE_ID_HELP.items()]
