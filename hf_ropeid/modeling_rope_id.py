@@ -150,7 +150,8 @@ class LlamaRopeIDAttention(LlamaAttention):
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
         if self.rope_id.temperature != "none" and self.layer_idx not in self.rope_id.local_layers:
-            # (A local layer sees no far field, so it gets no temperature.) The decoder layer passes position_ids down (the same ones the rotary module used).
+            # A local layer sees no far field, so it gets no temperature. The decoder layer passes position_ids
+            # down (the same ones the rotary module used).
             position_ids = kwargs.get("position_ids")
             if position_ids is None:
                 raise ValueError(

@@ -171,18 +171,18 @@ def parse_local_layers(value: Any) -> tuple[int, ...]:
     """``local_layers`` as a sorted tuple of layer indices; accepts a list, a tuple or text such as ``"0,1"``."""
     if value is None:
         return ()
-    items = [item for item in value.replace(" ", "").split(",") if item] if isinstance(value, str) else list(value)
-    try:
-        layers = [int(item) for item in items]
-        if any(isinstance(item, bool) or (not isinstance(item, str) and int(item) != item) for item in items):
-            raise ValueError
-    except (TypeError, ValueError):
+    items = [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else list(value)
+
+    def is_index(item: Any) -> bool:
+        if isinstance(item, str):
+            return item.isdigit()
+        return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+
+    if not all(is_index(item) for item in items):
         raise RopeIDParameterError(
             f"local_layers must be layer indices (whole numbers from 0), e.g. [0] or \"0,1\"; got {value!r}."
-        ) from None
-    if any(layer < 0 for layer in layers):
-        raise RopeIDParameterError(f"local_layers must be layer indices from 0 up; got {value!r}.")
-    return tuple(sorted(set(layers)))
+        )
+    return tuple(sorted({int(item) for item in items}))
 
 
 def _is_number(value: Any) -> bool:

@@ -29,6 +29,15 @@ def logits(m, ids, **kw):
         return m(input_ids=ids, **kw).logits
 
 
+def assert_cached_decoding_matches(m, ids, full, prefix):
+    """Prefill ``prefix`` tokens, then decode the rest one at a time: each step's logits equal the full forward's."""
+    with torch.no_grad():
+        out = m(input_ids=ids[:, :prefix], use_cache=True)
+        for t in range(prefix, ids.shape[1]):
+            out = m(input_ids=ids[:, t:t + 1], cache=out.cache, use_cache=True)
+            torch.testing.assert_close(out.logits[:, -1], full[:, t], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -134,11 +143,7 @@ def test_cache_and_padding_give_the_full_forward_logits(implementation):
     m.config._attn_implementation = implementation
     ids = torch.randint(0, 256, (1, 160))
     full = logits(m, ids)
-    with torch.no_grad():
-        out = m(input_ids=ids[:, :150], use_cache=True)
-        for t in range(150, 160):
-            out = m(input_ids=ids[:, t:t + 1], cache=out.cache, use_cache=True)
-            torch.testing.assert_close(out.logits[:, -1], full[:, t], atol=1e-4, rtol=1e-4)
+    assert_cached_decoding_matches(m, ids, full, prefix=150)
     padded = torch.cat([ids, torch.zeros(1, 20, dtype=torch.long)], dim=1)
     mask = torch.cat([torch.ones(1, 160), torch.zeros(1, 20)], dim=1).long()
     torch.testing.assert_close(logits(m, padded, attention_mask=mask)[:, :160], full, atol=1e-4, rtol=1e-4)
@@ -189,7 +194,8 @@ def test_a_bad_mask_reaching_the_window_kernel_gets_a_clear_error():
     "kwargs, message",
     [
         (dict(local_layers=[0]), "needs a rotary_window"),
-        (dict(local_layers=[-1], rotary_window=32), "from 0 up"),
+        (dict(local_layers=[-1], rotary_window=32), "whole numbers from 0"),
+        (dict(local_layers=[True], rotary_window=32), "whole numbers from 0"),
         (dict(local_layers="0,x", rotary_window=32), "whole numbers from 0"),
         (dict(local_layers=[0.5], rotary_window=32), "whole numbers from 0"),
     ],
@@ -250,9 +256,4 @@ def test_local_layers_get_no_temperature_and_decode_like_the_full_forward():
     first = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731
     torch.testing.assert_close(first(captured["base"]), first(captured["tempered"]))  # layer 0: no temperature
     assert (logits(base, ids)[:, 200:] - logits(tempered, ids)[:, 200:]).abs().amax() > 1e-3  # layer 1: tempered
-    full = logits(tempered, ids)
-    with torch.no_grad():
-        out = tempered(input_ids=ids[:, :290], use_cache=True)
-        for t in range(290, 300):
-            out = tempered(input_ids=ids[:, t:t + 1], cache=out.cache, use_cache=True)
-            torch.testing.assert_close(out.logits[:, -1], full[:, t], atol=1e-4, rtol=1e-4)
+    assert_cached_decoding_matches(tempered, ids, logits(tempered, ids), prefix=290)
