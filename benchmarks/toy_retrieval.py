@@ -140,6 +140,11 @@ VARIANTS = {
                 "and the first), SWAN-style", rope_id(spectrum="original", local_layers=[0], **WINDOW),
                 {"": same(rope_id(spectrum="original", local_layers=[0], **WINDOW)),
                  "+lenlog": same(rope_id(spectrum="original", local_layers=[0], **WINDOW, **LENGTH_LOG))}),
+        Variant("p_rope75_win64_local0", "p_rope_win64_local0 with three quarters of the pairs rotated "
+                "(rotary_fraction 0.75): the far field is scored by the other quarter",
+                rope_id(spectrum="original", rotary_fraction=0.75, local_layers=[0], **WINDOW),
+                {"+lenlog": same(rope_id(spectrum="original", rotary_fraction=0.75, local_layers=[0], **WINDOW,
+                                         **LENGTH_LOG))}),
         Variant("p_rope_win64_ssmax", "p-RoPE + window 64, trained with SSMax-style query scaling ln(p)/ln(L) "
                 "at every position", rope_id(spectrum="original", temperature="ssmax", **WINDOW),
                 {"": same(rope_id(spectrum="original", temperature="ssmax", **WINDOW))}),

