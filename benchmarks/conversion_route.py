@@ -215,9 +215,36 @@ def smollm2_data(work: Path) -> Path:
     return path
 
 
-def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path | None = None) -> Path:
-    """One seed of every arm. ``scratch_models``: the toy study's saved models (its ``models/`` folder), for the
-    from-scratch RoPE-ID reference arm."""
+def conversion_arms(L: int, small: bool) -> dict[str, list[str]]:
+    """The converted arms: name -> ``hf-ropeid convert`` options (then the shared LoRA budget)."""
+    conversions = {
+        "rope_id_lora": [],  # the converter's defaults (the far-context recipe since it measured best here)
+        # The far-context recipe before layer 0 became a sliding window (round 3): every layer global.
+        "global_layers_lora": ["--local-layers", ""],
+        "portable_lora": ["--recipe", "portable"],  # the default before: no window, every kernel runs it
+        "rope_id_paper_lora": ["--recipe", "paper", "--shortest-period", str(max(2, L // 16))],
+        # The far-context recipe with Scalable-Softmax's query scale ln(p)/ln(L) at every position, inside L too,
+        # so the LoRA at L learns it (from scratch it kept passkey best past L: RESULTS §6).
+        "ssmax_lora": ["--temperature", "ssmax", "--local-layers", ""],
+        "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
+                               "--temperature", "length_log", "--temperature-channels", "unrotated", "--local-layers", ""],
+    }
+    if small:  # a CPU budget on a real model: the converter's default (far-context) and the portable recipe
+        # (the paper's spectrum measured 4x the source's perplexity on SmolLM2 without training)
+        conversions = {"rope_id_lora": conversions["rope_id_lora"], "portable_lora": conversions["portable_lora"]}
+    return conversions
+
+
+def arm_names(L: int = 128, small: bool = False) -> list[str]:
+    """The arms ``--arms`` can select (the source and the training-free baselines always run)."""
+    return ["yarn_lora", *conversion_arms(L, small), "rope_id_scratch"]
+
+
+def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path | None = None,
+             arms_to_run: set[str] | None = None) -> Path:
+    """One seed of every arm (or of ``arms_to_run``, beside the source and the training-free baselines).
+    ``scratch_models``: the toy study's saved models (its ``models/`` folder), for the from-scratch RoPE-ID
+    reference arm."""
     work = out / "work" / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
@@ -236,6 +263,7 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
     else:
         source, data, source_tokens = Path(settings.source_kind), smollm2_data(out / "work"), 0
     budget = settings.budget_tokens
+    selected = set(arm_names(L, small)) if arms_to_run is None else arms_to_run
     arms: dict[str, Any] = {}
 
     if small:  # a CPU budget: the source and YaRN only
@@ -246,27 +274,14 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
     for arm, variant in baselines.items():
         arms[arm] = {"budget_tokens": 0, **cells(results, variant, settings)}
 
-    factor = float(settings.multiples[-1])
-    yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, settings, seed,
-                 log, ["--no-convert"], text)
-    arms["yarn_lora"] = {"budget_tokens": budget,
-                         **cells(evaluate(yarn, "yarn_lora", work, text, settings, "rope", log), "rope", settings)}
+    if "yarn_lora" in selected:
+        factor = float(settings.multiples[-1])
+        yarn = adapt(yarn_source(source, work / "yarn16-source", factor, L), "yarn_lora", work, data, settings, seed,
+                     log, ["--no-convert"], text)
+        arms["yarn_lora"] = {"budget_tokens": budget,
+                             **cells(evaluate(yarn, "yarn_lora", work, text, settings, "rope", log), "rope", settings)}
 
-    conversions = {
-        "rope_id_lora": [],  # the converter's defaults (the far-context recipe since it measured best here)
-        # The far-context recipe before layer 0 became a sliding window (round 3): every layer global.
-        "global_layers_lora": ["--local-layers", ""],
-        "portable_lora": ["--recipe", "portable"],  # the default before: no window, every kernel runs it
-        "rope_id_paper_lora": ["--recipe", "paper", "--shortest-period", str(max(2, L // 16))],
-        # The far-context recipe with Scalable-Softmax's query scale ln(p)/ln(L) at every position, inside L too,
-        # so the LoRA at L learns it (from scratch it kept passkey best past L: RESULTS §6).
-        "ssmax_lora": ["--temperature", "ssmax", "--local-layers", ""],
-        "p_rope_window_lora": ["--spectrum", "original", "--rotary-fraction", "0.5", "--rotary-window", str(L // 2),
-                               "--temperature", "length_log", "--temperature-channels", "unrotated", "--local-layers", ""],
-    }
-    if small:  # a CPU budget on a real model: the converter's default (far-context) and the portable recipe
-        # (the paper's spectrum measured 4x the source's perplexity on SmolLM2 without training)
-        conversions = {"rope_id_lora": conversions["rope_id_lora"], "portable_lora": conversions["portable_lora"]}
+    conversions = {arm: options for arm, options in conversion_arms(L, small).items() if arm in selected}
     for arm, options in conversions.items():
         converted = work / f"{arm}-converted"
         if not converted.exists():
@@ -297,7 +312,8 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
             arms[arm] = {"budget_tokens": budget, **cells(results, "rope_id", settings)}
             arms[arm + "_no_temp"] = {"budget_tokens": budget, **cells(results, "rope_id_no_temp", settings)}
 
-    scratch = (scratch_models / f"rope_id-seed{seed}") if scratch_models is not None else None
+    scratch = (scratch_models / f"rope_id-seed{seed}") if scratch_models is not None and "rope_id_scratch" in selected \
+        else None
     if scratch is not None and (scratch / "config.json").exists():
         # The reference: RoPE-ID pretrained from scratch with the source's recipe and token count (the source
         # plus this LoRA budget would be ~5% more tokens), evaluated as itself.
@@ -421,12 +437,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-batch", type=int, default=None, help="override the LoRA batch (same for every arm)")
     parser.add_argument("--scratch-models", type=Path, default=Path("benchmarks/results/toy_retrieval/models"),
                         help="the toy study's saved models: the from-scratch RoPE-ID reference arm (toy source)")
+    parser.add_argument("--arms", default=None,
+                        help="only these arms, comma-separated, beside the source and the training-free baselines "
+                             f"(default: all of {', '.join(arm_names())}); use a separate --out")
     args = parser.parse_args(argv)
     multiples = tuple(int(m) for m in args.multiples.split(","))
+    arms_to_run = None
+    if args.arms is not None:
+        arms_to_run = {a for a in args.arms.split(",") if a}
+        unknown = sorted(arms_to_run - set(arm_names()))
+        if unknown:
+            raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}; accepted: {', '.join(arm_names())}.")
     settings = route_settings(args.source, args.training_length, multiples, args.lora_steps, args.lora_batch)
     if not args.report:
         for seed in (int(s) for s in args.seeds.split(",")):
-            path = run_seed(seed, args.out, settings, args.scratch_models if args.source == "toy" else None)
+            path = run_seed(seed, args.out, settings, args.scratch_models if args.source == "toy" else None,
+                            arms_to_run)
             print(f"wrote {path}", flush=True)
     report(args.out)
     print(f"wrote {args.out / 'summary.json'}")

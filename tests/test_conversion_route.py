@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from hf_ropeid import pretraining
 
 from conftest import load_benchmark
@@ -39,6 +41,21 @@ def test_route_runs_every_arm_with_the_same_budget_and_writes_the_summary(tiny_l
     yarn = json.loads((out / "work" / "seed0" / "yarn_lora-merged" / "config.json").read_text())
     assert yarn["rope_parameters"]["rope_type"] == "yarn" and yarn["rope_parameters"]["factor"] == 2.0
     assert (out / "results.md").exists() and (out / "retrieval_vs_length.png").exists()
+
+
+def test_arms_selects_the_arms_that_run_beside_the_baselines(tiny_llama_dir, tmp_path, monkeypatch):
+    words = b" ".join([b"to be or not to be that is the question"] * 400)
+    monkeypatch.setattr(pretraining, "shakespeare_split", lambda: (words, words[:6000]))
+    route = load_benchmark("conversion_route", "conversion_route")
+    out = tmp_path / "route"
+    common = ["--source", str(tiny_llama_dir), "--training-length", "128", "--multiples", "1,2", "--lora-steps", "1",
+              "--lora-batch", "1", "--seeds", "0", "--out", str(out)]
+    with pytest.raises(SystemExit, match="unknown arm.*no_such_arm.*accepted: yarn_lora, rope_id_lora"):
+        route.main([*common, "--arms", "portable_lora,no_such_arm"])
+    assert not (out / "work").exists()  # refused before anything ran
+    route.main([*common, "--arms", "portable_lora"])
+    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"source", "yarn_oracle", "portable_lora"}
+    assert sorted(p.name for p in (out / "work" / "seed0").glob("*-merged")) == ["portable_lora-merged"]
 
 
 def test_toy_lora_data_packs_into_blocks_that_each_start_with_bos(tmp_path, monkeypatch):
