@@ -221,6 +221,8 @@ def conversion_arms(L: int, small: bool) -> dict[str, list[str]]:
         "rope_id_lora": [],  # the converter's defaults (the far-context recipe since it measured best here)
         # The far-context recipe before layer 0 became a sliding window (round 3): every layer global.
         "global_layers_lora": ["--local-layers", ""],
+        # The default with three quarters of the pairs rotated (from scratch it cut the window's cost inside L).
+        "fraction75_lora": ["--rotary-fraction", "0.75"],
         "portable_lora": ["--recipe", "portable"],  # the default before: no window, every kernel runs it
         "rope_id_paper_lora": ["--recipe", "paper", "--shortest-period", str(max(2, L // 16))],
         # The far-context recipe with Scalable-Softmax's query scale ln(p)/ln(L) at every position, inside L too,
@@ -314,11 +316,14 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
 
     scratch = (scratch_models / f"rope_id-seed{seed}") if scratch_models is not None and "rope_id_scratch" in selected \
         else None
-    if scratch is not None and (scratch / "config.json").exists():
+    evaluated_before = (work / "eval-rope_id_scratch" / "results.json").exists()
+    if scratch is not None and ((scratch / "config.json").exists() or evaluated_before):
         # The reference: RoPE-ID pretrained from scratch with the source's recipe and token count (the source
-        # plus this LoRA budget would be ~5% more tokens), evaluated as itself.
+        # plus this LoRA budget would be ~5% more tokens), evaluated as itself. (Its evaluation is kept when the
+        # toy study's models, which are not committed, are gone.)
         results = evaluate(scratch, "rope_id_scratch", work, text, settings, "rope_id,rope_id_no_temp", log)
-        scratch_tokens = json.loads((scratch / "pretraining.json").read_text())["tokens"]
+        scratch_tokens = json.loads((scratch / "pretraining.json").read_text())["tokens"] \
+            if (scratch / "pretraining.json").exists() else source_tokens
         arms["rope_id_scratch"] = {"budget_tokens": scratch_tokens, **cells(results, "rope_id", settings)}
         arms["rope_id_scratch_no_temp"] = {"budget_tokens": scratch_tokens,
                                            **cells(results, "rope_id_no_temp", settings)}
