@@ -142,6 +142,8 @@ def report(out: Path) -> dict[str, Any]:
                 arms[arm] = {**row, "measured_earlier": True}
     if not arms:
         raise SystemExit(f"error: nothing evaluated under {work}; run the arms first (see --help).")
+    order = ["source", "yarn_2", *LORA_ARMS]
+    arms = dict(sorted(arms.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
     summary = {"model": "SmolLM2-135M-Instruct", "training_length": SOURCE_L, "text": hamlet().name,
                "lora": {**LORA, "seq_length": ADAPT_LENGTH}, "arms": arms, "goal": goal(arms)}
     write_json_atomic(out / "summary.json", summary)
