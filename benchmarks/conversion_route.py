@@ -237,9 +237,10 @@ def conversion_arms(L: int, small: bool) -> dict[str, list[str]]:
     return conversions
 
 
-def arm_names(L: int = 128, small: bool = False) -> list[str]:
-    """The arms ``--arms`` can select (the source and the training-free baselines always run)."""
-    return ["yarn_lora", *conversion_arms(L, small), "rope_id_scratch"]
+def arm_names(settings: RouteSettings) -> list[str]:
+    """The arms ``--arms`` can select for ``settings`` (the source and the training-free baselines always run)."""
+    scratch = ["rope_id_scratch"] if settings.source_kind == "toy" else []
+    return ["yarn_lora", *conversion_arms(settings.training_length, settings.small), *scratch]
 
 
 def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path | None = None,
@@ -265,7 +266,7 @@ def run_seed(seed: int, out: Path, settings: RouteSettings, scratch_models: Path
     else:
         source, data, source_tokens = Path(settings.source_kind), smollm2_data(out / "work"), 0
     budget = settings.budget_tokens
-    selected = set(arm_names(L, small)) if arms_to_run is None else arms_to_run
+    selected = set(arm_names(settings)) if arms_to_run is None else arms_to_run
     arms: dict[str, Any] = {}
 
     if small:  # a CPU budget: the source and YaRN only
@@ -444,16 +445,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="the toy study's saved models: the from-scratch RoPE-ID reference arm (toy source)")
     parser.add_argument("--arms", default=None,
                         help="only these arms, comma-separated, beside the source and the training-free baselines "
-                             f"(default: all of {', '.join(arm_names())}); use a separate --out")
+                             "(default: all; an unknown name lists the accepted ones); use a separate --out")
     args = parser.parse_args(argv)
     multiples = tuple(int(m) for m in args.multiples.split(","))
+    settings = route_settings(args.source, args.training_length, multiples, args.lora_steps, args.lora_batch)
     arms_to_run = None
     if args.arms is not None:
         arms_to_run = {a for a in args.arms.split(",") if a}
-        unknown = sorted(arms_to_run - set(arm_names()))
+        accepted = arm_names(settings)
+        unknown = sorted(arms_to_run - set(accepted))
         if unknown:
-            raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}; accepted: {', '.join(arm_names())}.")
-    settings = route_settings(args.source, args.training_length, multiples, args.lora_steps, args.lora_batch)
+            raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)} for this source; accepted: "
+                             f"{', '.join(accepted)}.")
     if not args.report:
         for seed in (int(s) for s in args.seeds.split(",")):
             path = run_seed(seed, args.out, settings, args.scratch_models if args.source == "toy" else None,

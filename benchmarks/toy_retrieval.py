@@ -111,6 +111,7 @@ LENGTH_LOG_UNROTATED = {"temperature": "length_log", "temperature_channels": "un
 QUERY_LOG = {"temperature": "query_log"}
 FAR_NORM = {"far_field": "log_count"}
 WINDOW = {"rotary_window": 64}
+LOCAL0 = {"spectrum": "original", "local_layers": [0], **WINDOW}  # p-RoPE + window, layer 0 a sliding window
 
 
 def window_evals(**rope: Any) -> dict[str, EvalFn]:
@@ -137,14 +138,12 @@ VARIANTS = {
         Variant("p_rope_win64", "p-RoPE; keys 64+ bytes back scored by the unrotated pairs only",
                 rope_id(spectrum="original", **WINDOW), window_evals(spectrum="original", **WINDOW)),
         Variant("p_rope_win64_local0", "p-RoPE + window 64; layer 0 a sliding window (sees only the last 64 keys "
-                "and the first), SWAN-style", rope_id(spectrum="original", local_layers=[0], **WINDOW),
-                {"": same(rope_id(spectrum="original", local_layers=[0], **WINDOW)),
-                 "+lenlog": same(rope_id(spectrum="original", local_layers=[0], **WINDOW, **LENGTH_LOG))}),
+                "and the first), SWAN-style", rope_id(**LOCAL0),
+                {"": same(rope_id(**LOCAL0)), "+lenlog": same(rope_id(**LOCAL0, **LENGTH_LOG))}),
         Variant("p_rope75_win64_local0", "p_rope_win64_local0 with three quarters of the pairs rotated "
                 "(rotary_fraction 0.75): the far field is scored by the other quarter",
-                rope_id(spectrum="original", rotary_fraction=0.75, local_layers=[0], **WINDOW),
-                {"+lenlog": same(rope_id(spectrum="original", rotary_fraction=0.75, local_layers=[0], **WINDOW,
-                                         **LENGTH_LOG))}),
+                rope_id(**LOCAL0, rotary_fraction=0.75),
+                {"+lenlog": same(rope_id(**LOCAL0, rotary_fraction=0.75, **LENGTH_LOG))}),
         Variant("p_rope_win64_ssmax", "p-RoPE + window 64, trained with SSMax-style query scaling ln(p)/ln(L) "
                 "at every position", rope_id(spectrum="original", temperature="ssmax", **WINDOW),
                 {"": same(rope_id(spectrum="original", temperature="ssmax", **WINDOW))}),

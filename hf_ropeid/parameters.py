@@ -17,7 +17,7 @@ CONVERSION_OPTION_KEYS = ("recipe", *ROPE_ID_OPTION_KEYS)
 # Named sets of RoPE-ID parameters for a conversion; options given explicitly override them.
 # "far-context" (the default of the convert and finetune commands, not of the Python functions): the
 # configuration measured best past L after LoRA at L (benchmarks/RESULTS.md §6 from scratch, §10 converted +
-# LoRA, 4 + 3 seeds in two rounds; SmolLM2 at 16k tokens §11): half the pairs at their original frequencies, keys L/2 or more
+# LoRA; SmolLM2 at 16k tokens §11): half the pairs at their original frequencies, keys L/2 or more
 # tokens back scored by the unrotated half only, the length-log temperature ln(p)/ln(L) past L on every
 # channel, and layer 0 a sliding window (the last L/2 keys and the first; no temperature), which took passkey at
 # 16x L from 0.20 to 0.88 on the toy route (RESULTS §10, round 3). Its attention needs RoPE-ID's own eager / sdpa
