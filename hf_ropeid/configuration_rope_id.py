@@ -29,8 +29,10 @@ def validate_rope_id_rope_parameters(
 class RopeIDConfig(LlamaConfig):
     r"""Configuration of [`LlamaRopeIDForCausalLM`]: every Llama setting, plus RoPE-ID in ``rope_parameters``.
 
-    ``rope_parameters`` must have ``rope_type == "rope_id"``; missing RoPE-ID keys take the paper's
-    defaults and are written out explicitly, so a saved config never depends on defaults:
+    ``rope_parameters`` has ``rope_type == "rope_id"`` (the default); missing RoPE-ID keys take the paper's
+    defaults and are written out explicitly, so a saved config never depends on defaults. Any stock rope type
+    (``default``, ``linear``, ``yarn``, ...) is accepted too and means exactly what it means for Llama.
+    The RoPE-ID keys:
 
     - ``training_length`` (int, default ``max_position_embeddings``): ``L``, the length the model
       was (pre)trained at. Raise ``max_position_embeddings`` freely; ``L`` stays put.
@@ -64,14 +66,10 @@ class RopeIDConfig(LlamaConfig):
         if self.rope_parameters is None and not kwargs.get("rope_scaling"):
             self.rope_parameters = {"rope_type": ROPE_TYPE}
         super().__post_init__(**kwargs)
-        rope_type = self.rope_parameters.get("rope_type")
-        if rope_type != ROPE_TYPE:
-            raise ValueError(
-                f"RopeIDConfig got rope_type {rope_type!r}, but it only supports rope_type 'rope_id': set "
-                "rope_parameters={'rope_type': 'rope_id', ...} for RoPE-ID positions, or use a stock LlamaConfig "
-                f"for rope_type {rope_type!r}."
-            )
-        self.rope_parameters = explicit_rope_parameters(self.rope_parameters, self.max_position_embeddings)
+        # Any stock rope type (default, linear, yarn, ...) is accepted and behaves exactly as in LlamaConfig:
+        # RoPE-ID's classes are a superset of Llama's. Only "rope_id" gets its defaults written out.
+        if self.rope_parameters.get("rope_type") == ROPE_TYPE:
+            self.rope_parameters = explicit_rope_parameters(self.rope_parameters, self.max_position_embeddings)
 
     _validate_rope_id_rope_parameters = validate_rope_id_rope_parameters
 

@@ -15,6 +15,7 @@ standard library and its siblings (relatively), never ``hf_ropeid``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 import transformers
@@ -29,6 +30,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaForCausalLM,
     LlamaModel,
     LlamaPreTrainedModel,
+    LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
     eager_attention_forward,
 )
@@ -74,44 +76,44 @@ def register_rope_type() -> None:
 register_rope_type()
 
 
-class LlamaRopeIDRotaryEmbedding(nn.Module):
+class LlamaRopeIDRotaryEmbedding(LlamaRotaryEmbedding):
     """RoPE-ID's rotary module: returns ``(cos, sin)`` per position, like every transformers rotary module.
 
     Angles are formed in float64 and reduced modulo 2*pi (exact at any position), from the RoPE-ID
     spectrum. The query temperature is not folded in here: LlamaRopeIDAttention applies it to the
-    rotated queries (never to keys, so a KV cache stays valid).
+    rotated queries (never to keys, so a KV cache stays valid). Given a config of a stock rope type
+    (default, linear, dynamic, yarn, ...) it is exactly Llama's rotary module.
     """
 
     def __init__(self, config: RopeIDConfig, device=None):
-        super().__init__()
-        self.config = config
-        self.rope_type = ROPE_TYPE
-        self.rope_id = RopeIDParameters.from_config(config)
+        super().__init__(config)  # Llama's buffers; for "rope_id" from ROPE_INIT_FUNCTIONS["rope_id"]
+        self.rope_id = RopeIDParameters.from_config_if_rope_id(config)
+        if self.rope_id is None:
+            return
         # float64 frequencies, a non-persistent buffer: it follows the model's device (no copy inside
         # forward, so torch.compile sees a plain input), and _apply keeps it float64 when the model's
         # dtype changes. from_pretrained leaves non-persistent buffers uninitialised:
-        # LlamaRopeIDPreTrainedModel._init_weights refills it.
+        # LlamaRopeIDPreTrainedModel._init_weights refills it. inv_freq / original_inv_freq stay the
+        # float32 copies for tools that read them (transformers' _init_weights refills both).
         self.frequencies = nn.Buffer(inv_freq(self.rope_id), persistent=False)
-        # float32 copies for tools that read them; transformers' _init_weights refills both through
-        # ROPE_INIT_FUNCTIONS["rope_id"] after from_pretrained.
-        self.inv_freq = nn.Buffer(self.frequencies.to(torch.float32), persistent=False)
-        self.original_inv_freq = nn.Buffer(self.inv_freq.clone(), persistent=False)
         self.attention_scaling = 1.0
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() would round the frequencies (bfloat16 is off by whole turns at long
         # positions): move them with the module, but keep the float64 values.
-        frequencies = self.frequencies
+        frequencies = getattr(self, "frequencies", None)
         super()._apply(fn, recurse)
-        if self.frequencies.dtype != torch.float64:
+        if frequencies is not None and self.frequencies.dtype != torch.float64:
             self.frequencies = frequencies.to(device=self.frequencies.device)
         return self
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = rotation_angles(position_ids, self.frequencies)
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        if self.rope_id is None:
+            return super().forward(x, position_ids)
+        with torch.no_grad():
+            angles = rotation_angles(position_ids, self.frequencies)
+            angles = torch.cat((angles, angles), dim=-1)
+            return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
 
 
 class LlamaRopeIDAttention(LlamaAttention):
@@ -125,9 +127,10 @@ class LlamaRopeIDAttention(LlamaAttention):
 
     def __init__(self, config: RopeIDConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        self.rope_id = RopeIDParameters.from_config(config)
+        self.rope_id = RopeIDParameters.from_config_if_rope_id(config)  # None: a stock rope type, Llama's attention
+        windowed = self.rope_id is not None and self.rope_id.rotary_window is not None
         self.attention_functions: AttentionInterface = (
-            ALL_ATTENTION_FUNCTIONS if self.rope_id.rotary_window is None else ROTARY_WINDOW_ATTENTION_FUNCTIONS
+            ROTARY_WINDOW_ATTENTION_FUNCTIONS if windowed else ALL_ATTENTION_FUNCTIONS
         )
 
     def forward(
@@ -149,7 +152,8 @@ class LlamaRopeIDAttention(LlamaAttention):
 
         cos, sin = position_embeddings
         query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if self.rope_id.temperature != "none" and self.layer_idx not in self.rope_id.local_layers:
+        rope_id = self.rope_id
+        if rope_id is not None and rope_id.temperature != "none" and self.layer_idx not in rope_id.local_layers:
             # A local layer sees no far field, so it gets no temperature. The decoder layer passes position_ids
             # down (the same ones the rotary module used).
             position_ids = kwargs.get("position_ids")
@@ -207,13 +211,15 @@ class LlamaRopeIDPreTrainedModel(LlamaPreTrainedModel):
     _supports_attention_backend = True
 
     def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs):
-        # Before transformers' own checks, so that e.g. a missing flash_attn does not hide the real reason.
-        check_window_implementation(self.config.rope_parameters, attn_implementation)
+        # Before transformers' own checks, so that e.g. a missing flash_attn does not hide the real reason; a name
+        # transformers does not know at all gets transformers' own error.
+        if attn_implementation in (None, "eager") or attn_implementation in ALL_ATTENTION_FUNCTIONS.valid_keys():
+            check_window_implementation(self.config.rope_parameters, attn_implementation)
         return super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, LlamaRopeIDRotaryEmbedding):
+        if isinstance(module, LlamaRopeIDRotaryEmbedding) and module.rope_id is not None:
             init.copy_(module.frequencies, inv_freq(module.rope_id))
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -223,20 +229,37 @@ class LlamaRopeIDPreTrainedModel(LlamaPreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
+@contextmanager
+def legacy_checkpointing_held(config):
+    """Holds back the legacy ``config.gradient_checkpointing = True`` while Llama's __init__ runs.
+
+    The first post_init would consume it (enable checkpointing, then delete the attribute) on the Llama
+    modules that the RoPE-ID ones then replace; it is put back for the RoPE-ID class's own post_init.
+    """
+    held = config.__dict__.pop("gradient_checkpointing", None)
+    try:
+        yield
+    finally:
+        if held is not None:
+            config.gradient_checkpointing = held
+
+
 class LlamaRopeIDModel(LlamaRopeIDPreTrainedModel, LlamaModel):
     def __init__(self, config: RopeIDConfig):
-        super().__init__(config)
-        self.layers = nn.ModuleList(
-            [LlamaRopeIDDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.rotary_emb = LlamaRopeIDRotaryEmbedding(config=config)
+        with legacy_checkpointing_held(config):
+            super().__init__(config)
+            self.layers = nn.ModuleList(
+                [LlamaRopeIDDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+            )
+            self.rotary_emb = LlamaRopeIDRotaryEmbedding(config=config)
         self.post_init()
 
 
 class LlamaRopeIDForCausalLM(LlamaRopeIDPreTrainedModel, LlamaForCausalLM):
     def __init__(self, config: RopeIDConfig):
-        super().__init__(config)
-        self.model = LlamaRopeIDModel(config)
+        with legacy_checkpointing_held(config):
+            super().__init__(config)
+            self.model = LlamaRopeIDModel(config)
         self.post_init()
 
 

@@ -153,6 +153,17 @@ class RopeIDParameters:
         return params
 
     @classmethod
+    def from_config_if_rope_id(cls, config: Any) -> "RopeIDParameters | None":
+        """``from_config`` for a config whose ``rope_type`` is ``"rope_id"``; None for any other rope type.
+
+        The RoPE-ID classes are a superset of Llama: given a stock rope type (default, linear, yarn, ...)
+        they behave exactly as Llama does with it, and RoPE-ID's own keys are neither read nor checked.
+        """
+        if (getattr(config, "rope_parameters", None) or {}).get("rope_type") != ROPE_TYPE:
+            return None
+        return cls.from_config(config)
+
+    @classmethod
     def from_rope_parameters(
         cls, rope_parameters: dict[str, Any], head_dim: int, default_training_length: int
     ) -> "RopeIDParameters":

@@ -20,6 +20,7 @@ standard library and its sibling ``rope_id.py`` (relatively), never ``hf_ropeid`
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +48,8 @@ def check_window_implementation(rope_parameters: dict[str, Any] | None, attn_imp
 
     ``None`` is accepted (transformers then picks sdpa, or eager where sdpa is unavailable).
     """
-    if (rope_parameters or {}).get("rotary_window") is None:
+    rope_parameters = rope_parameters or {}
+    if rope_parameters.get("rope_type") != "rope_id" or rope_parameters.get("rotary_window") is None:
         return
     if attn_implementation is not None and attn_implementation not in WINDOW_IMPLEMENTATIONS:
         raise window_implementation_error(attn_implementation)
@@ -66,69 +68,76 @@ class RotaryWindowAttentionInterface(AttentionInterface):
         return self._local_mapping[attn_implementation]
 
 
-def rotary_window_attention(
-    module, query, key, value, attention_mask, query_start: int, dropout: float = 0.0, kernel: str = "sdpa"
-):
-    """Attention for ``rotary_window``: keys W or more tokens back are scored by the unrotated pairs only.
-
-    ``query_start`` is the cache index of the first query; key ``j`` sits at index ``j``.
-    ``attention_mask`` may be None (causal), a boolean mask (True = attend) or an additive float mask,
-    shaped [batch, 1, q, k]. ``kernel``: "sdpa" (fused kernel, no attention weights returned) or "eager"
-    (scores built by hand; returns the weights). Long no-grad inputs are processed 256 queries at a time
-    (bounded memory; on CPU this was also the fastest block for the sdpa kernel, of 128..2048).
-    """
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4):
-        implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
-        raise ValueError(
-            f"rotary_window needs a 4-D tensor attention mask, which attn_implementation={implementation!r} does "
-            "not build; load the model with attn_implementation='sdpa' (fused) or 'eager'."
-        )
-    if kernel not in WINDOW_IMPLEMENTATIONS:
-        raise ValueError(f"Unknown rotary_window kernel {kernel!r}; accepted: 'sdpa', 'eager'.")
-    q_len, k_len = query.shape[2], key.shape[2]
-    block = 256
-    if not torch.is_grad_enabled() and q_len > 2 * block:
-        parts = []
-        for start in range(0, q_len, block):
-            stop, visible = min(start + block, q_len), min(k_len, query_start + start + block)
-            mask = None if attention_mask is None else attention_mask[:, :, start:stop, :visible]
-            part, _ = rotary_window_attention(
-                module, query[:, :, start:stop], key[:, :, :visible], value[:, :, :visible], mask,
-                query_start + start, kernel=kernel,
-            )
-            parts.append(part)
-        return torch.cat(parts, dim=1), None
-    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
-    p: RopeIDParameters = module.rope_id
-    query_positions = torch.arange(query_start, query_start + q_len, device=query.device)
-    key_positions = torch.arange(k_len, device=query.device)
-    distance = query_positions[:, None] - key_positions[None, :]
-    far_bias = None
-    local = module.layer_idx in p.local_layers
-    if p.far_field == "log_count" and not local:
-        far_bias = far_field_bias(query_positions, key_positions, p.training_length, p.rotary_window)
-    attend = _rotary_window_sdpa if kernel == "sdpa" else _rotary_window_eager
-    return attend(module, query, key, value, attention_mask, distance, far_bias, dropout, local=local)
+# ----------------------------------------------------------------------------------------------
+# Positions: the one place where the window's distances, the sink and the far-field count come from.
+#
+# Every row is measured from its own first real token, which is where its position_ids start (a left-padded
+# row of a batch, as generate() builds it, has positions 0, 1, ... from its first real token). Inside a row
+# positions are contiguous, so the distance between two of its tokens is the difference of their cache
+# indices; what padding changes is where the row starts: its sink (the first real key) and, with far_field,
+# how many far keys a query has. Both backends below take the row starts from here.
 
 
-def _rotary_window_eager(module, query, key, value, attention_mask, distance, far_bias, dropout, local=False):
+def row_starts(attention_mask: torch.Tensor | None, batch: int, key_stop: int) -> list[int]:
+    """Cache index of each row's first real key: the first key its last query may attend to (0 without a mask)."""
+    if attention_mask is None:
+        return [0] * batch
+    last = attention_mask[:, 0, -1, :key_stop]
+    visible = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
+    visible = visible.expand(batch, -1) if visible.shape[0] != batch else visible
+    first = torch.where(visible.any(-1), visible.int().argmax(-1), torch.zeros((), dtype=torch.long))
+    return [int(x) for x in first.tolist()]
+
+
+def mask_is_causal_after(attention_mask: torch.Tensor | None, starts: list[int], query_start: int, q_len: int,
+                         key_stop: int) -> bool:
+    """True when the mask says no more than "causal, from each row's first real key": what the two-pass kernel
+    computes without reading the mask. A mask with holes (a fully masked query row, packed documents) is not."""
+    if attention_mask is None:
+        return True
+    mask = attention_mask[..., :key_stop]
+    visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    counts = visible.sum(-1)[:, 0]  # [batch or 1, q]: keys each query may attend to
+    positions = torch.arange(query_start, query_start + q_len, device=counts.device)
+    start = torch.tensor(starts, device=counts.device)[:, None]
+    expected = (positions[None, :] - start + 1).clamp(min=0)
+    real = positions[None, :] >= start  # queries before a row's first real key are padding: never compared
+    return bool(((counts.expand_as(expected) == expected) | ~real).all())
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference: every score built by hand (eager; returns the weights). Exact for any mask.
+
+
+def _row_positions(starts: list[int], query_start: int, q_len: int, k_len: int, device) -> tuple[torch.Tensor, ...]:
+    start = torch.tensor(starts, device=device)[:, None]
+    query_positions = torch.arange(query_start, query_start + q_len, device=device)[None, :] - start  # [b, q]
+    key_positions = torch.arange(k_len, device=device)[None, :] - start  # [b, k]; < 0: padding before the row
+    return query_positions, key_positions
+
+
+def _eager_attention(module, query, key, value, attention_mask, query_start, dropout):
     p: RopeIDParameters = module.rope_id
     n, half, k_len = p.num_rotated_pairs, query.shape[-1] // 2, key.shape[2]
+    local = module.layer_idx in p.local_layers
+    starts = row_starts(attention_mask, query.shape[0], k_len)
+    query_positions, key_positions = _row_positions(starts, query_start, query.shape[2], k_len, query.device)
+    distance = (query_positions[:, :, None] - key_positions[:, None, :])[:, None]  # [b, 1, q, k]
 
     def split(x):  # (rotated channels, unrotated channels); channel i pairs with i + half
         return (torch.cat([x[..., :n], x[..., half:half + n]], -1), torch.cat([x[..., n:half], x[..., half + n:]], -1))
 
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
     (q_rot, q_free), (k_rot, k_free) = split(query), split(key)
     near = (q_rot @ k_rot.transpose(2, 3)).masked_fill_(distance >= p.rotary_window, 0.0)
     scores = (q_free @ k_free.transpose(2, 3)).add_(near).mul_(module.scaling)
-    if far_bias is not None:
-        scores = scores.add_(far_bias.to(scores.dtype))
+    sink = (key_positions == 0)[:, None, None, :]
+    if p.far_field == "log_count" and not local:
+        scores = scores.add_(far_field_bias_per_row(query_positions, key_positions, p).to(scores.dtype)[:, None])
     lowest = torch.finfo(scores.dtype).min  # not -inf: fully masked (padding) rows stay finite
-    scores = scores.masked_fill_(distance < 0, lowest)
-    if local:  # a sliding window: far keys are not seen at all, except the first (the sink)
-        outside = distance >= p.rotary_window
-        outside[:, 0] = False
-        scores = scores.masked_fill_(outside, lowest)
+    scores = scores.masked_fill_((distance < 0) | (key_positions < 0)[:, None, None, :], lowest)
+    if local:  # a sliding window: far keys are not seen at all, except the row's first (the sink)
+        scores = scores.masked_fill_((distance >= p.rotary_window) & ~sink, lowest)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         scores = scores.masked_fill_(~attention_mask[..., :k_len], lowest)
     elif attention_mask is not None:
@@ -140,56 +149,281 @@ def _rotary_window_eager(module, query, key, value, attention_mask, distance, fa
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
-def _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, narrow=True,
-                        local=False):
-    """One fused sdpa call over the keys twice: once as is (allowed only within W) and once with its
-    rotated pairs zeroed (allowed only beyond W). Each key is visible in exactly one copy, so the softmax
-    is exactly the windowed one. Each copy holds only the keys some query of this call can see in it (the
-    near copy the last W + queries keys, the far copy the keys W or more before the last query), so a
-    block of queries late in a long input costs about one pass over its keys, not two."""
+def far_field_bias_per_row(query_positions: torch.Tensor, key_positions: torch.Tensor, p: RopeIDParameters):
+    """far_field_bias for rows of positions: ``[b, q]`` and ``[b, k]`` -> ``[b, q, k]``."""
+    return torch.stack([far_field_bias(qp, kp.clamp(min=0), p.training_length, p.rotary_window) * (kp >= 0)
+                        for qp, kp in zip(query_positions, key_positions)])
+
+
+def far_field_query_bias(query_positions: torch.Tensor, p: RopeIDParameters) -> torch.Tensor:
+    """The far-field bias of each query (the same for all its far keys but the sink), float32."""
+    limit = p.training_length - 1 - p.rotary_window
+    count = (query_positions.to(torch.float64) - p.rotary_window).clamp(min=limit)
+    return (-torch.log(count / limit)).to(torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The two-pass kernel: the same attention as a few ordinary attentions over disjoint key sets, merged by
+# their log-sum-exp (ring attention's merge). Near keys (distance < W, every channel) are a sliding window,
+# computed in blocks of W queries; far keys (distance >= W, unrotated channels only) are one causal attention of
+# q[W:] against k[:n-W]. Every part is an unmasked or a top-left causal attention, so each runs on the fused
+# kernel with its causal block skipping, and no tensor of [queries, keys] is ever formed.
+
+
+@dataclass(frozen=True)
+class Part:
+    """One ordinary attention: queries ``q_index`` against keys ``k_index`` (each ``[blocks, length]``, indices
+    into the row's queries and keys), causal (top-left) or not, on every channel or on the unrotated ones
+    (``far``), with the far-field bias added to its log-sum-exp (``biased``)."""
+
+    q_index: torch.Tensor
+    k_index: torch.Tensor
+    causal: bool
+    far: bool = False
+    biased: bool = False
+
+
+def plan_parts(query_start: int, q_len: int, window: int, local: bool, far_field: bool) -> list[Part]:
+    """The parts whose union is far-context attention for queries at ``query_start .. query_start + q_len - 1``
+    over keys ``0 .. query_start + q_len - 1`` (indices from the row's first real key). Each (query, key) pair
+    with ``0 <= distance`` is in exactly one part (``tests/test_two_pass_attention.py`` checks this against the
+    distances): distance < W in a near part; otherwise, in a far part (key 0 apart under far_field, so that the
+    bias spares the sink), or only key 0 on a local layer."""
+    W, parts = window, []
+
+    def arange(a, b):
+        return torch.arange(a, b)[None]
+
+    regular = []  # near blocks of W queries with a whole window of keys before them: one batched part each
+    for first in range(0, q_len, W):
+        m, a0 = min(W, q_len - first), query_start + first
+        if m == W and a0 >= W:
+            regular.append(first)
+            continue
+        parts.append(Part(arange(first, first + m), arange(a0, a0 + m), causal=True))  # the diagonal block
+        full_start = max(0, a0 - W + m)
+        if full_start < a0:  # keys every query of the block sees
+            parts.append(Part(arange(first, first + m), arange(full_start, a0), causal=False))
+        edge = min(m - 1, a0 - W + m)  # keys a0-W+1 .. a0-W+m-1, seen by the block's earlier queries
+        if edge > 0:  # reversed, they are a causal attention of queries m-1..1 against keys a0-W+m-1 down
+            queries = torch.arange(first + m - 2, first - 1, -1)  # query r' = 1..m-1 is query m-1-r'
+            keys = torch.arange(a0 - W + m - 1, a0 - W + m - 1 - edge, -1)
+            parts.append(Part(queries[None], keys[None], causal=True))
+    if regular:
+        firsts = torch.tensor(regular)[:, None]
+        a0 = firsts + query_start
+        parts.append(Part(firsts + torch.arange(W), a0 + torch.arange(W), causal=True))
+        parts.append(Part(firsts + torch.arange(W - 2, -1, -1), a0 - 1 - torch.arange(W - 1), causal=True))
+    # Far keys: key j for the query at position a when j <= a - W.
+    first_far_key = 1 if (far_field or local) else 0  # key 0 gets its own part: no bias, or the local sink
+    if not local:
+        i_first = max(0, W + first_far_key - query_start)  # the first query with a far key
+        if i_first < q_len:
+            last_seen = query_start + i_first - W  # the last far key of that query
+            queries = arange(i_first, q_len)
+            if last_seen > first_far_key:  # keys that every such query sees
+                parts.append(Part(queries, arange(first_far_key, last_seen), causal=False, far=True, biased=far_field))
+            parts.append(Part(queries, arange(last_seen, query_start + q_len - W), causal=True, far=True,
+                              biased=far_field))
+    if first_far_key == 1:
+        i_first = max(0, W - query_start)
+        if i_first < q_len:
+            parts.append(Part(arange(i_first, q_len), torch.zeros(1, 1, dtype=torch.long), causal=False, far=True))
+    return parts
+
+
+class FusedKernel:
+    """torch's fused attention that returns its log-sum-exp, and its backward (CPU: the flash kernel)."""
+
+    @staticmethod
+    def supports(query: torch.Tensor) -> bool:
+        return query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64, torch.bfloat16,
+                                                              torch.float16)
+
+    @staticmethod
+    def forward(q, k, v, causal, scale):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse
+
+    @staticmethod
+    def backward(grad_out, q, k, v, out, lse, causal, scale):
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out, q, k, v, out, lse, 0.0, causal, scale=scale)
+
+
+class MathKernel:
+    """The same contract in plain torch operations (any device and dtype); scores of one part at a time."""
+
+    @staticmethod
+    def _scores(q, k, causal, scale):
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        acc = torch.promote_types(q.dtype, torch.float32)
+        scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
+        if causal:
+            above = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(above, float("-inf"))
+        return scores
+
+    @staticmethod
+    def forward(q, k, v, causal, scale):
+        scores = MathKernel._scores(q, k, causal, scale)
+        lse = scores.logsumexp(-1)
+        weights = (scores - lse[..., None]).exp()
+        out = weights @ v.repeat_interleave(q.shape[1] // v.shape[1], 1).to(weights.dtype)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    def backward(grad_out, q, k, v, out, lse, causal, scale):
+        groups = q.shape[1] // k.shape[1]
+        weights = (MathKernel._scores(q, k, causal, scale) - lse[..., None]).exp()  # the merged probabilities
+        acc = weights.dtype
+        g = grad_out.to(acc)
+        grad_v = weights.transpose(-1, -2) @ g
+        grad_p = g @ v.repeat_interleave(groups, 1).to(acc).transpose(-1, -2)
+        delta = (g * out.to(acc)).sum(-1, keepdim=True)
+        grad_s = weights * (grad_p - delta) * scale
+        grad_q = grad_s @ k.repeat_interleave(groups, 1).to(acc)
+        grad_k = grad_s.transpose(-1, -2) @ q.to(acc)
+
+        def fold(x):  # sum the query heads that share a key/value head
+            return x.unflatten(1, (k.shape[1], groups)).sum(2) if groups > 1 else x
+
+        return grad_q.to(q.dtype), fold(grad_k).to(k.dtype), fold(grad_v).to(v.dtype)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` ([blocks, length]) of ``x`` [b, h, n, d] as a batch of blocks: [b * blocks, h, length, d]."""
+    blocks, length = index.shape
+    picked = x.index_select(2, index.flatten().to(x.device)).unflatten(2, (blocks, length))
+    return picked.permute(0, 2, 1, 3, 4).reshape(x.shape[0] * blocks, x.shape[1], length, x.shape[3])
+
+
+def _scatter_shape(y: torch.Tensor, batch: int) -> torch.Tensor:
+    """Inverse of ``_gather``'s layout: [b * blocks, h, length, ...] -> [b, h, blocks * length, ...]."""
+    blocks = y.shape[0] // batch
+    y = y.unflatten(0, (batch, blocks)).transpose(1, 2)
+    return y.flatten(2, 3)
+
+
+class TwoPassAttention(torch.autograd.Function):
+    """Parts merged by log-sum-exp, with the exact backward: each part's backward kernel is run with the MERGED
+    output and log-sum-exp (ring attention), since the fused kernels do not differentiate their log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, far_key, query_bias, parts, scale, kernel):
+        batch, heads, q_len, _ = query.shape
+        acc = torch.promote_types(query.dtype, torch.float32)  # merged in at least float32; float64 stays
+        out = torch.zeros(query.shape[:3] + (value.shape[-1],), dtype=acc, device=query.device)
+        lse = torch.full((batch, heads, q_len), float("-inf"), dtype=acc, device=query.device)
+        for part in parts:
+            keys = far_key if part.far else key
+            part_out, part_lse = kernel.forward(_gather(query, part.q_index), _gather(keys, part.k_index),
+                                                _gather(value, part.k_index), part.causal, scale)
+            part_out, part_lse = _scatter_shape(part_out, batch).to(acc), _scatter_shape(part_lse, batch).to(acc)
+            index = part.q_index.flatten().to(query.device)
+            if part.biased:
+                part_lse = part_lse + query_bias[:, None, index]
+            before = lse.index_select(2, index)
+            merged = torch.logaddexp(before, part_lse)
+            combined = (out.index_select(2, index) * (before - merged).exp()[..., None]
+                        + part_out * (part_lse - merged).exp()[..., None])
+            out.index_copy_(2, index, combined)
+            lse.index_copy_(2, index, merged)
+        out = out.to(query.dtype)
+        ctx.save_for_backward(query, key, value, far_key, query_bias, out, lse)
+        ctx.parts, ctx.scale, ctx.kernel = parts, scale, kernel
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, far_key, query_bias, out, lse = ctx.saved_tensors
+        batch, acc = query.shape[0], torch.promote_types(query.dtype, torch.float32)
+        grad_q = torch.zeros(query.shape, dtype=acc, device=query.device)
+        grad_k, grad_far_k = (torch.zeros(key.shape, dtype=acc, device=key.device) for _ in range(2))
+        grad_v = torch.zeros(value.shape, dtype=acc, device=value.device)
+        grad_out = grad_out.to(query.dtype)
+        for part in ctx.parts:
+            keys = far_key if part.far else key
+            index = part.q_index.flatten().to(query.device)
+            part_lse = lse.index_select(2, index).to(torch.float32 if query.dtype != torch.float64 else acc)
+            if part.biased:
+                part_lse = part_lse - query_bias[:, None, index]
+            blocks = part.q_index.shape[0]
+            part_lse = part_lse.unflatten(2, (blocks, -1)).transpose(1, 2).flatten(0, 1).contiguous()
+            dq, dk, dv = ctx.kernel.backward(
+                _gather(grad_out, part.q_index), _gather(query, part.q_index), _gather(keys, part.k_index),
+                _gather(value, part.k_index), _gather(out, part.q_index), part_lse, part.causal, ctx.scale)
+            key_index = part.k_index.flatten().to(query.device)
+            grad_q.index_add_(2, index, _scatter_shape(dq, batch).to(acc))
+            (grad_far_k if part.far else grad_k).index_add_(2, key_index, _scatter_shape(dk, batch).to(acc))
+            grad_v.index_add_(2, key_index, _scatter_shape(dv, batch).to(acc))
+        return (grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(value.dtype), grad_far_k.to(key.dtype),
+                None, None, None, None)
+
+
+def _two_pass_rows(module, query, key, value, query_start, kernel):
+    """Far-context attention for rows that share their first real key (index 0 here): [b, q, h, d]."""
     p: RopeIDParameters = module.rope_id
-    n, half, k_len = p.num_rotated_pairs, query.shape[-1] // 2, key.shape[2]
-    # Columns j with 0 <= distance < W for some query (near) and distance >= W for some query (far);
-    # distance[i, j] = query_position_i - j, rows in increasing position.
-    first, last = int(distance[0, 0]), int(distance[-1, 0])  # positions of the first and last query
-    near_start = min(k_len - 1, max(0, first - p.rotary_window + 1)) if narrow else 0
-    far_stop = max(0, min(k_len, last - p.rotary_window + 1)) if narrow else k_len
-    if local:  # a sliding window: the far copy holds only the first key (the sink)
-        far_stop = min(far_stop, 1)
-    whole = (key, value, distance, far_bias)
-    far_key = key[:, :, :far_stop].clone()
-    far_key[..., :n] = 0
-    far_key[..., half:half + n] = 0
-    far_value, far_distance = value[:, :, :far_stop], distance[:, :far_stop]
-    key, value, distance = key[:, :, near_start:], value[:, :, near_start:], distance[:, near_start:]
-    if far_bias is not None:
-        far_bias = far_bias[:, :far_stop]
-    # A quarter of the dtype's minimum: kernels that rescale the mask (exp2 tricks) must not reach -inf,
-    # or fully masked (padding) rows become NaN instead of staying finite as in the eager path.
-    lowest = torch.finfo(query.dtype).min / 4
-    near_mask = torch.zeros(distance.shape, dtype=query.dtype, device=query.device)
-    near_mask.masked_fill_((distance < 0) | (distance >= p.rotary_window), lowest)
-    far_mask = (torch.zeros(far_distance.shape, dtype=query.dtype, device=query.device) if far_bias is None
-                else far_bias.to(query.dtype))
-    far_mask = far_mask.masked_fill(far_distance < p.rotary_window, lowest)
-    mask = torch.cat([near_mask, far_mask], dim=-1)[None, None]
-    if attention_mask is not None:
-        padding = attention_mask[..., :k_len]
-        if padding.dtype == torch.bool:
-            padding = torch.zeros(padding.shape, dtype=query.dtype, device=query.device).masked_fill_(~padding, lowest)
-        padding = padding.to(query.dtype).clamp(min=lowest)
-        padding = torch.cat([padding[..., near_start:], padding[..., :far_stop]], dim=-1)
-        mask = (mask + padding).clamp(min=lowest)
-        if narrow and bool((mask <= lowest).all(-1).any()):
-            # A row that sees no key at all (padding) averages every value, as the eager path does: all keys.
-            key, value, distance, far_bias = whole
-            return _rotary_window_sdpa(module, query, key, value, attention_mask, distance, far_bias, dropout, False,
-                                       local)
-    output = nn.functional.scaled_dot_product_attention(
-        query, torch.cat([key, far_key], dim=2), torch.cat([value, far_value], dim=2), attn_mask=mask,
-        dropout_p=dropout, scale=module.scaling,
-    )
-    return output.transpose(1, 2).contiguous(), None
+    n, half = p.num_rotated_pairs, query.shape[-1] // 2
+    local = module.layer_idx in p.local_layers
+    far_field = p.far_field == "log_count" and not local
+    parts = plan_parts(query_start, query.shape[2], p.rotary_window, local, far_field)
+    unrotated = torch.ones(query.shape[-1], dtype=query.dtype, device=query.device)
+    unrotated[:n] = unrotated[half:half + n] = 0
+    far_key = key * unrotated  # far keys are scored by the unrotated pairs only
+    positions = torch.arange(query_start, query_start + query.shape[2], device=query.device)
+    query_bias = far_field_query_bias(positions, p)[None].expand(query.shape[0], -1).contiguous()
+    out = TwoPassAttention.apply(query, key, value, far_key, query_bias, parts, module.scaling, kernel)
+    return out.transpose(1, 2)
+
+
+def _two_pass_attention(module, query, key, value, attention_mask, query_start):
+    """The sdpa backend: the two-pass kernel per group of rows with the same first real key; rows of padding
+    before it get zeros. A mask it cannot express (holes, packed documents) goes to the reference."""
+    batch, _, q_len, _ = query.shape
+    key_stop = query_start + q_len  # keys past the last query (a static cache's empty slots) are never seen
+    starts = row_starts(attention_mask, batch, key_stop)
+    if not mask_is_causal_after(attention_mask, starts, query_start, q_len, key_stop):
+        return _eager_attention(module, query, key, value, attention_mask, query_start, 0.0)[0], None
+    kernel = FusedKernel if FusedKernel.supports(query) else MathKernel
+    if len(set(starts)) == 1 and starts[0] == 0:
+        return _two_pass_rows(module, query, key[:, :, :key_stop], value[:, :, :key_stop], query_start, kernel), None
+    rows = []
+    for row, start in enumerate(starts):  # left padding: each row measured from its own first real key
+        skip = min(q_len, max(0, start - query_start))
+        part = query.new_zeros(1, skip, query.shape[1], value.shape[-1])
+        if skip < q_len:
+            sl = slice(row, row + 1)
+            own = _two_pass_rows(module, query[sl, :, skip:], key[sl, :, start:key_stop], value[sl, :, start:key_stop],
+                                 query_start + skip - start, kernel)
+            part = torch.cat([part, own], dim=1)
+        rows.append(part)
+    return torch.cat(rows, dim=0), None
+
+
+def rotary_window_attention(
+    module, query, key, value, attention_mask, query_start: int, dropout: float = 0.0, kernel: str = "sdpa"
+):
+    """Attention for ``rotary_window``: keys W or more tokens back are scored by the unrotated pairs only.
+
+    ``query_start`` is the cache index of the first query; key ``j`` sits at index ``j``; each row's distances,
+    sink and far-field count are measured from its first real key (``row_starts``). ``attention_mask`` may be
+    None (causal), a boolean mask (True = attend) or an additive float mask, shaped [batch, 1, q, k].
+    ``kernel``: "sdpa" (the two-pass kernel: no [queries, keys] tensor, no attention weights returned) or
+    "eager" (scores built by hand; returns the weights). The two-pass kernel hands dropout and masks it cannot
+    express (holes other than padding before a row) to the eager reference.
+    """
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4):
+        implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        raise ValueError(
+            f"rotary_window needs a 4-D tensor attention mask, which attn_implementation={implementation!r} does "
+            "not build; load the model with attn_implementation='sdpa' (fused) or 'eager'."
+        )
+    if kernel not in WINDOW_IMPLEMENTATIONS:
+        raise ValueError(f"Unknown rotary_window kernel {kernel!r}; accepted: 'sdpa', 'eager'.")
+    if kernel == "eager" or (dropout > 0.0 and module.training):
+        return _eager_attention(module, query, key, value, attention_mask, query_start, dropout)
+    return _two_pass_attention(module, query, key, value, attention_mask, query_start)
 
 
 # The two in transformers' attention-function format. ``query_offset`` is the cache index of the first query

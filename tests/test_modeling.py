@@ -50,19 +50,40 @@ def test_rope_id_changes_logits_versus_stock_llama():
         assert (twin(ids).logits - llama(ids).logits).abs().max() > 1e-3
 
 
-def test_config_defaults_are_written_out_and_other_rope_types_refused():
+def test_config_defaults_are_written_out_and_checked():
     config = RopeIDConfig.from_llama_config(tiny_llama_config(max_position_embeddings=2048))
     assert config.model_type == "llama_rope_id"
     rp = config.rope_parameters
     assert rp["rope_type"] == "rope_id" and rp["training_length"] == 2048 and rp["rope_theta"] == 10_000.0
     assert rp["rotary_fraction"] == 0.5 and rp["shortest_period"] == 32 and rp["temperature"] == "query_log"
-    with pytest.raises(ValueError, match="got rope_type 'yarn', but it only supports rope_type 'rope_id'"):
-        RopeIDConfig(**{**TINY, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}})
     with pytest.raises(RopeIDParameterError, match="multiple of 1/8"):
         RopeIDConfig.from_llama_config(tiny_llama_config(), rotary_fraction=0.3)
     # Raising max_position_embeddings later never moves the training length.
     config.max_position_embeddings = 65536
     assert RopeIDParameters.from_config(config).training_length == 2048
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "default", "rope_theta": 1e4},
+    {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4},
+    {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 1e4},
+    {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 32, "rope_theta": 1e4},
+])
+def test_a_stock_rope_type_makes_the_rope_id_classes_exactly_llama(rope):
+    # The RoPE-ID classes are a superset of Llama: a stock rope type means what it means for Llama, and RoPE-ID's
+    # keys left over in the dict (as transformers' own tests leave them) are neither read nor checked.
+    config = RopeIDConfig(**{**TINY, "rope_parameters": {**rope, "training_length": 8, "rotary_window": 4}})
+    assert config.rope_parameters["rope_type"] == rope["rope_type"]
+    llama = LlamaForCausalLM(tiny_llama_config(rope_parameters=dict(rope))).eval()
+    twin = LlamaRopeIDForCausalLM(config).eval()
+    twin.load_state_dict(llama.state_dict())
+    twin.set_attn_implementation("eager")
+    ids = torch.randint(0, 256, (2, 200))  # past max_position_embeddings (128): dynamic scaling acts
+    with torch.no_grad():
+        llama.set_attn_implementation("eager")
+        torch.testing.assert_close(twin(ids).logits, llama(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_temperature_is_exactly_one_inside_training_length_and_acts_beyond():

@@ -458,5 +458,6 @@ def test_item_7_contracts_hold():
                           num_key_value_heads=2, vocab_size=100)
     cos, sin = LlamaRopeIDForCausalLM(config).model.rotary_emb(torch.zeros(1, 3, 64), torch.arange(3)[None])
     assert cos.shape == sin.shape
-    with pytest.raises(ValueError, match="only supports rope_type 'rope_id'.*'linear'"):
-        RopeIDConfig(rope_parameters={"rope_type": "linear", "factor": 2.0})
+    # a stock rope type is Llama's (the classes are a superset): accepted, RoPE-ID keys not added
+    assert "training_length" not in RopeIDConfig(rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                  "rope_theta": 1e4}).rope_parameters
