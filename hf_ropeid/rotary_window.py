@@ -171,16 +171,61 @@ def far_field_query_bias(query_positions: torch.Tensor, p: RopeIDParameters) -> 
 
 
 @dataclass(frozen=True)
-class Part:
-    """One ordinary attention: queries ``q_index`` against keys ``k_index`` (each ``[blocks, length]``, indices
-    into the row's queries and keys), causal (top-left) or not, on every channel or on the unrotated ones
-    (``far``), with the far-field bias added to its log-sum-exp (``biased``)."""
+class Span:
+    """Indices ``start + c * stride + (0 .. length-1)`` for blocks ``c = 0 .. blocks-1``, each block in reverse
+    order if ``reverse``: rows of a [b, h, n, d] tensor taken as views, not gathered (blocks must not overlap:
+    ``stride >= length``, so that writes through the views are exact)."""
 
-    q_index: torch.Tensor
-    k_index: torch.Tensor
+    start: int
+    length: int
+    blocks: int = 1
+    stride: int = 0
+    reverse: bool = False
+
+    @property
+    def index(self) -> torch.Tensor:  # [blocks, length]
+        offsets = torch.arange(self.length - 1, -1, -1) if self.reverse else torch.arange(self.length)
+        return self.start + torch.arange(self.blocks)[:, None] * self.stride + offsets
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [b, h, n, ...] -> [b, blocks, h, length, ...]: a view of x, rows in x's order (written in place)."""
+        if self.blocks == 1:
+            return x[:, :, self.start:self.start + self.length].unsqueeze(1)
+        y = x[:, :, self.start:self.start + (self.blocks - 1) * self.stride + self.length]
+        y = y.unfold(2, self.length, self.stride)  # [b, h, blocks, ..., length]
+        return y.movedim(-1, 3).transpose(1, 2)  # [b, blocks, h, length, ...]
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel's input: [b * blocks, h, length, d], each block in the span's order (a view unless reversed)."""
+        y = self.rows(x)
+        y = y.flip(3) if self.reverse else y
+        return y.reshape(y.shape[0] * y.shape[1], *y.shape[2:])
+
+    def put(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+        """A kernel output [b * blocks, h, length, ...] in ``rows``' layout and order."""
+        y = y.unflatten(0, (batch, self.blocks))
+        return y.flip(3) if self.reverse else y
+
+
+@dataclass(frozen=True)
+class Part:
+    """One ordinary attention: queries ``q`` against keys ``k`` (spans of the row's queries and keys), causal
+    (top-left) or not, on every channel or on the unrotated ones (``far``), with the far-field bias added to its
+    log-sum-exp (``biased``)."""
+
+    q: Span
+    k: Span
     causal: bool
     far: bool = False
     biased: bool = False
+
+    @property
+    def q_index(self) -> torch.Tensor:
+        return self.q.index
+
+    @property
+    def k_index(self) -> torch.Tensor:
+        return self.k.index
 
 
 def plan_parts(query_start: int, q_len: int, window: int, local: bool, far_field: bool) -> list[Part]:
@@ -190,45 +235,40 @@ def plan_parts(query_start: int, q_len: int, window: int, local: bool, far_field
     distances): distance < W in a near part; otherwise, in a far part (key 0 apart under far_field, so that the
     bias spares the sink), or only key 0 on a local layer."""
     W, parts = window, []
-
-    def arange(a, b):
-        return torch.arange(a, b)[None]
-
     regular = []  # near blocks of W queries with a whole window of keys before them: one batched part each
     for first in range(0, q_len, W):
         m, a0 = min(W, q_len - first), query_start + first
         if m == W and a0 >= W:
             regular.append(first)
             continue
-        parts.append(Part(arange(first, first + m), arange(a0, a0 + m), causal=True))  # the diagonal block
+        parts.append(Part(Span(first, m), Span(a0, m), causal=True))  # the diagonal block
         full_start = max(0, a0 - W + m)
         if full_start < a0:  # keys every query of the block sees
-            parts.append(Part(arange(first, first + m), arange(full_start, a0), causal=False))
+            parts.append(Part(Span(first, m), Span(full_start, a0 - full_start), causal=False))
         edge = min(m - 1, a0 - W + m)  # keys a0-W+1 .. a0-W+m-1, seen by the block's earlier queries
         if edge > 0:  # reversed, they are a causal attention of queries m-1..1 against keys a0-W+m-1 down
-            queries = torch.arange(first + m - 2, first - 1, -1)  # query r' = 1..m-1 is query m-1-r'
-            keys = torch.arange(a0 - W + m - 1, a0 - W + m - 1 - edge, -1)
-            parts.append(Part(queries[None], keys[None], causal=True))
-    if regular:
-        firsts = torch.tensor(regular)[:, None]
-        a0 = firsts + query_start
-        parts.append(Part(firsts + torch.arange(W), a0 + torch.arange(W), causal=True))
-        parts.append(Part(firsts + torch.arange(W - 2, -1, -1), a0 - 1 - torch.arange(W - 1), causal=True))
+            parts.append(Part(Span(first, m - 1, reverse=True),
+                              Span(a0 - W + m - edge, edge, reverse=True), causal=True))
+    if regular:  # consecutive blocks (the irregular ones are the first and the last)
+        first, blocks = regular[0], len(regular)
+        parts.append(Part(Span(first, W, blocks, W), Span(query_start + first, W, blocks, W), causal=True))
+        parts.append(Part(Span(first, W - 1, blocks, W, reverse=True),
+                          Span(query_start + first - W + 1, W - 1, blocks, W, reverse=True), causal=True))
     # Far keys: key j for the query at position a when j <= a - W.
     first_far_key = 1 if (far_field or local) else 0  # key 0 gets its own part: no bias, or the local sink
     if not local:
         i_first = max(0, W + first_far_key - query_start)  # the first query with a far key
         if i_first < q_len:
             last_seen = query_start + i_first - W  # the last far key of that query
-            queries = arange(i_first, q_len)
+            queries = Span(i_first, q_len - i_first)
             if last_seen > first_far_key:  # keys that every such query sees
-                parts.append(Part(queries, arange(first_far_key, last_seen), causal=False, far=True, biased=far_field))
-            parts.append(Part(queries, arange(last_seen, query_start + q_len - W), causal=True, far=True,
-                              biased=far_field))
+                parts.append(Part(queries, Span(first_far_key, last_seen - first_far_key), causal=False, far=True,
+                                  biased=far_field))
+            parts.append(Part(queries, Span(last_seen, q_len - i_first), causal=True, far=True, biased=far_field))
     if first_far_key == 1:
         i_first = max(0, W - query_start)
         if i_first < q_len:
-            parts.append(Part(arange(i_first, q_len), torch.zeros(1, 1, dtype=torch.long), causal=False, far=True))
+            parts.append(Part(Span(i_first, q_len - i_first), Span(0, 1), causal=False, far=True))
     return parts
 
 
@@ -291,23 +331,10 @@ class MathKernel:
         return grad_q.to(q.dtype), fold(grad_k).to(k.dtype), fold(grad_v).to(v.dtype)
 
 
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` ([blocks, length]) of ``x`` [b, h, n, d] as a batch of blocks: [b * blocks, h, length, d]."""
-    blocks, length = index.shape
-    picked = x.index_select(2, index.flatten().to(x.device)).unflatten(2, (blocks, length))
-    return picked.permute(0, 2, 1, 3, 4).reshape(x.shape[0] * blocks, x.shape[1], length, x.shape[3])
-
-
-def _scatter_shape(y: torch.Tensor, batch: int) -> torch.Tensor:
-    """Inverse of ``_gather``'s layout: [b * blocks, h, length, ...] -> [b, h, blocks * length, ...]."""
-    blocks = y.shape[0] // batch
-    y = y.unflatten(0, (batch, blocks)).transpose(1, 2)
-    return y.flatten(2, 3)
-
-
 class TwoPassAttention(torch.autograd.Function):
     """Parts merged by log-sum-exp, with the exact backward: each part's backward kernel is run with the MERGED
-    output and log-sum-exp (ring attention), since the fused kernels do not differentiate their log-sum-exp."""
+    output and log-sum-exp (ring attention), since the fused kernels do not differentiate their log-sum-exp.
+    Parts read and write their rows as views (``Span``), so nothing of [queries, keys] is formed."""
 
     @staticmethod
     def forward(ctx, query, key, value, far_key, query_bias, parts, scale, kernel):
@@ -317,18 +344,15 @@ class TwoPassAttention(torch.autograd.Function):
         lse = torch.full((batch, heads, q_len), float("-inf"), dtype=acc, device=query.device)
         for part in parts:
             keys = far_key if part.far else key
-            part_out, part_lse = kernel.forward(_gather(query, part.q_index), _gather(keys, part.k_index),
-                                                _gather(value, part.k_index), part.causal, scale)
-            part_out, part_lse = _scatter_shape(part_out, batch).to(acc), _scatter_shape(part_lse, batch).to(acc)
-            index = part.q_index.flatten().to(query.device)
+            part_out, part_lse = kernel.forward(part.q.take(query), part.k.take(keys), part.k.take(value),
+                                                part.causal, scale)
+            part_out, part_lse = part.q.put(part_out, batch).to(acc), part.q.put(part_lse, batch).to(acc)
             if part.biased:
-                part_lse = part_lse + query_bias[:, None, index]
-            before = lse.index_select(2, index)
-            merged = torch.logaddexp(before, part_lse)
-            combined = (out.index_select(2, index) * (before - merged).exp()[..., None]
-                        + part_out * (part_lse - merged).exp()[..., None])
-            out.index_copy_(2, index, combined)
-            lse.index_copy_(2, index, merged)
+                part_lse = part_lse + part.q.rows(query_bias[:, None].to(acc))
+            out_rows, lse_rows = part.q.rows(out), part.q.rows(lse)  # views: updated in place
+            merged = torch.logaddexp(lse_rows, part_lse)
+            out_rows.mul_((lse_rows - merged).exp()[..., None]).add_(part_out * (part_lse - merged).exp()[..., None])
+            lse_rows.copy_(merged)
         out = out.to(query.dtype)
         ctx.save_for_backward(query, key, value, far_key, query_bias, out, lse)
         ctx.parts, ctx.scale, ctx.kernel = parts, scale, kernel
@@ -342,21 +366,18 @@ class TwoPassAttention(torch.autograd.Function):
         grad_k, grad_far_k = (torch.zeros(key.shape, dtype=acc, device=key.device) for _ in range(2))
         grad_v = torch.zeros(value.shape, dtype=acc, device=value.device)
         grad_out = grad_out.to(query.dtype)
+        lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         for part in ctx.parts:
             keys = far_key if part.far else key
-            index = part.q_index.flatten().to(query.device)
-            part_lse = lse.index_select(2, index).to(torch.float32 if query.dtype != torch.float64 else acc)
+            part_lse = lse.to(lse_dtype)
             if part.biased:
-                part_lse = part_lse - query_bias[:, None, index]
-            blocks = part.q_index.shape[0]
-            part_lse = part_lse.unflatten(2, (blocks, -1)).transpose(1, 2).flatten(0, 1).contiguous()
+                part_lse = part_lse - query_bias[:, None].to(lse_dtype)
             dq, dk, dv = ctx.kernel.backward(
-                _gather(grad_out, part.q_index), _gather(query, part.q_index), _gather(keys, part.k_index),
-                _gather(value, part.k_index), _gather(out, part.q_index), part_lse, part.causal, ctx.scale)
-            key_index = part.k_index.flatten().to(query.device)
-            grad_q.index_add_(2, index, _scatter_shape(dq, batch).to(acc))
-            (grad_far_k if part.far else grad_k).index_add_(2, key_index, _scatter_shape(dk, batch).to(acc))
-            grad_v.index_add_(2, key_index, _scatter_shape(dv, batch).to(acc))
+                part.q.take(grad_out), part.q.take(query), part.k.take(keys), part.k.take(value),
+                part.q.take(out), part.q.take(part_lse).contiguous(), part.causal, ctx.scale)
+            part.q.rows(grad_q).add_(part.q.put(dq, batch))
+            part.k.rows(grad_far_k if part.far else grad_k).add_(part.k.put(dk, batch))
+            part.k.rows(grad_v).add_(part.k.put(dv, batch))
         return (grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(value.dtype), grad_far_k.to(key.dtype),
                 None, None, None, None)
 
