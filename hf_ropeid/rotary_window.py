@@ -398,6 +398,10 @@ def _two_pass_rows(module, query, key, value, query_start, kernel):
     return out.transpose(1, 2)
 
 
+# Run as written under torch.compile (a graph break per layer, no fullgraph): the plan is Python over the
+# positions, and dynamo's tracing of the in-place merge through strided views gave wrong values (aot_eager,
+# torch 2.13), which tests/test_support.py catches.
+@torch.compiler.disable
 def _two_pass_attention(module, query, key, value, attention_mask, query_start):
     """The sdpa backend: the two-pass kernel per group of rows with the same first real key; rows of padding
     before it get zeros. A mask it cannot express (holes, packed documents) goes to the reference."""
