@@ -9,7 +9,7 @@ Arms (same geometry, same random weights, fp32 on CPU / bf16 on CUDA):
 Geometry: SmolLM2-135M's attention and MLP (hidden 576, 9 query / 3 key-value heads, head_dim 64,
 intermediate 1536), 2 layers, vocabulary 2048 (so that the logits do not swamp the layers being compared),
 L = 8192 unless ``--training-length``. Workloads: a training step (forward + backward, batch 1: wall time of
-the second step and the process's peak RSS, or CUDA peak allocated), a no-grad prefill (wall time), and
+the second step and the process's peak RSS with glibc's mmap threshold at 64 KiB, or CUDA peak allocated), a no-grad prefill (wall time), and
 decoding (ms per token after a prefill of ``--decode-context`` tokens, DynamicCache). Prints ratios to stock,
 writes JSON, a markdown table and a PNG of ratio vs length.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -116,7 +117,10 @@ def child(arm: str, workload: str, length: int, training_length: int, device: st
 def run_child(arm, workload, length, args) -> dict:
     command = [sys.executable, __file__, "--child", arm, workload, str(length), "--training-length",
                str(args.training_length), "--device", args.device, "--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    # Large buffers through mmap, so that a freed one goes back to the OS: the peak RSS then measures the tensors
+    # alive at the peak, not what glibc kept of earlier ones (without it, reruns of one cell differed by ~8%).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
     if done.returncode != 0:
         return {"arm": arm, "workload": workload, "length": length, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])

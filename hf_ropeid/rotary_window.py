@@ -228,6 +228,9 @@ class Part:
         return self.k.index
 
 
+EDGE_ROWS = 2048  # queries per reversed edge part (bounds the copy it makes)
+
+
 def plan_parts(query_start: int, q_len: int, window: int, local: bool, far_field: bool) -> list[Part]:
     """The parts whose union is far-context attention for queries at ``query_start .. query_start + q_len - 1``
     over keys ``0 .. query_start + q_len - 1`` (indices from the row's first real key). Each (query, key) pair
@@ -252,8 +255,12 @@ def plan_parts(query_start: int, q_len: int, window: int, local: bool, far_field
     if regular:  # consecutive blocks (the irregular ones are the first and the last)
         first, blocks = regular[0], len(regular)
         parts.append(Part(Span(first, W, blocks, W), Span(query_start + first, W, blocks, W), causal=True))
-        parts.append(Part(Span(first, W - 1, blocks, W, reverse=True),
-                          Span(query_start + first - W + 1, W - 1, blocks, W, reverse=True), causal=True))
+        # The edges are reversed copies, not views: a few thousand rows at a time keeps that copy small.
+        group = max(1, EDGE_ROWS // W)
+        for start in range(0, blocks, group):
+            count, at = min(group, blocks - start), first + start * W
+            parts.append(Part(Span(at, W - 1, count, W, reverse=True),
+                              Span(query_start + at - W + 1, W - 1, count, W, reverse=True), causal=True))
     # Far keys: key j for the query at position a when j <= a - W.
     first_far_key = 1 if (far_field or local) else 0  # key 0 gets its own part: no bias, or the local sink
     if not local:
@@ -382,6 +389,79 @@ class TwoPassAttention(torch.autograd.Function):
                 None, None, None, None)
 
 
+class CudaFlashKernel:
+    """torch's CUDA flash kernel (fp16 / bf16), which returns its log-sum-exp, and its backward op.
+
+    Not exercised on this project's CPU machines: ``kernel_for`` checks it once per device and dtype against
+    ``MathKernel`` (values and gradients, causal and not) and uses it only if it agrees; otherwise it warns once
+    and the math kernel runs. Causal parts whose queries and keys differ in number go to the math kernel (flash's
+    causal alignment for them is not the top-left one the plan needs)."""
+
+    @staticmethod
+    def _expand(q, x):
+        return x.repeat_interleave(q.shape[1] // x.shape[1], 1) if x.shape[1] != q.shape[1] else x
+
+    @staticmethod
+    def forward(q, k, v, causal, scale):
+        if causal and q.shape[2] != k.shape[2]:
+            return MathKernel.forward(q, k, v, causal, scale)
+        k, v = CudaFlashKernel._expand(q, k), CudaFlashKernel._expand(q, v)
+        out, lse, *_ = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+        return out, lse
+
+    @staticmethod
+    def backward(grad_out, q, k, v, out, lse, causal, scale):
+        if causal and q.shape[2] != k.shape[2]:
+            return MathKernel.backward(grad_out, q, k, v, out, lse, causal, scale)
+        groups = q.shape[1] // k.shape[1]
+        k_full, v_full = CudaFlashKernel._expand(q, k), CudaFlashKernel._expand(q, v)
+        empty = torch.empty(0, device=q.device)
+        seed = torch.zeros(2, dtype=torch.int64, device=q.device)  # no dropout: the RNG state is never read
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            grad_out.contiguous(), q, k_full, v_full, out, lse.float().contiguous(), empty, empty, q.shape[2],
+            k.shape[2], 0.0, causal, seed, torch.zeros((), dtype=torch.int64, device=q.device), scale=scale)
+        if groups > 1:
+            dk, dv = (x.unflatten(1, (k.shape[1], groups)).sum(2) for x in (dk, dv))
+        return dq, dk, dv
+
+
+_CHECKED_KERNELS: dict = {}
+
+
+def kernel_for(query: torch.Tensor):
+    """The fastest kernel that is known to agree with ``MathKernel`` for this device and dtype."""
+    if FusedKernel.supports(query):
+        return FusedKernel
+    if query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16):
+        return MathKernel
+    key = (query.device, query.dtype)
+    if key not in _CHECKED_KERNELS:
+        _CHECKED_KERNELS[key] = CudaFlashKernel if _agrees(CudaFlashKernel, query.device, query.dtype) else MathKernel
+    return _CHECKED_KERNELS[key]
+
+
+def _agrees(kernel, device, dtype) -> bool:
+    import warnings
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v, g = (torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+                  for shape in ((1, 4, 96, 64), (1, 2, 96, 64), (1, 2, 96, 64), (1, 4, 96, 64)))
+    try:
+        for causal in (False, True):
+            out, lse = kernel.forward(q, k, v, causal, 0.125)
+            ref_out, ref_lse = MathKernel.forward(q, k, v, causal, 0.125)
+            grads = kernel.backward(g, q, k, v, ref_out, ref_lse, causal, 0.125)
+            ref_grads = MathKernel.backward(g, q, k, v, ref_out, ref_lse, causal, 0.125)
+            for a, b in ((out, ref_out), (lse, ref_lse), *zip(grads, ref_grads)):
+                if not torch.allclose(a.float(), b.float(), atol=3e-2, rtol=3e-2):
+                    raise AssertionError("differs from the math kernel")
+        return True
+    except Exception as error:  # noqa: BLE001  (any failure of the op means: do not use it)
+        warnings.warn(f"RoPE-ID two-pass attention: torch's CUDA flash kernel failed its check on {device} "
+                      f"{dtype} ({error}); using the exact math kernel instead (slower).", stacklevel=3)
+        return False
+
+
 def _two_pass_rows(module, query, key, value, query_start, kernel):
     """Far-context attention for rows that share their first real key (index 0 here): [b, q, h, d]."""
     p: RopeIDParameters = module.rope_id
@@ -410,7 +490,7 @@ def _two_pass_attention(module, query, key, value, attention_mask, query_start):
     starts = row_starts(attention_mask, batch, key_stop)
     if not mask_is_causal_after(attention_mask, starts, query_start, q_len, key_stop):
         return _eager_attention(module, query, key, value, attention_mask, query_start, 0.0)[0], None
-    kernel = FusedKernel if FusedKernel.supports(query) else MathKernel
+    kernel = kernel_for(query)
     if len(set(starts)) == 1 and starts[0] == 0:
         return _two_pass_rows(module, query, key[:, :, :key_stop], value[:, :, :key_stop], query_start, kernel), None
     rows = []

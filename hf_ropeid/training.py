@@ -808,8 +808,8 @@ def context_parallelism(args: FinetuneArguments):
         return None
     if _rotary_window(args.conversion) is not None:
         raise TrainingError(
-            "rotary_window is not supported with context parallelism: its attention scores every key twice "
-            "under its own mask, and torch's context parallelism shards only causal sdpa. Train without "
+            "rotary_window is not supported with context parallelism: its attention is RoPE-ID's own two-pass "
+            "kernel, and torch's context parallelism shards only causal sdpa. Train without "
             "--context-parallel-size, or a model without rotary_window."
         )
     import accelerate

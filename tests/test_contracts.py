@@ -52,21 +52,25 @@ LLAMA_ROPE_TYPES = {
 
 @pytest.mark.parametrize("rope_type", list(LLAMA_ROPE_TYPES))
 @pytest.mark.parametrize("how", ["rope_parameters", "rope_scaling", "config_json"])
-def test_other_rope_types_are_refused_with_one_clear_message(rope_type, how):
-    rope = {"rope_type": rope_type, **LLAMA_ROPE_TYPES[rope_type]}
+def test_other_rope_types_make_the_rope_id_classes_llama_however_they_arrive(rope_type, how):
+    # RoPE-ID's classes are a superset of Llama's (issue 23): a stock rope type means exactly what it means for
+    # Llama, however it reaches the config (it used to be refused).
+    rope = {"rope_type": rope_type, "rope_theta": 1e4, **LLAMA_ROPE_TYPES[rope_type]}
     values = {k: v for k, v in TINY.items() if k != "rope_parameters"}
-    with pytest.raises(ValueError) as info:
-        if how == "rope_parameters":
-            RopeIDConfig(**values, rope_parameters=rope)
-        elif how == "rope_scaling":  # legacy key, as in older config.json files
-            RopeIDConfig(**values, rope_scaling={"type": rope_type, **LLAMA_ROPE_TYPES[rope_type]})
-        else:
-            RopeIDConfig.from_dict({**values, "model_type": "llama_rope_id", "rope_parameters": rope})
-    message = str(info.value)
-    assert "\n" not in message
-    assert f"got rope_type {rope_type!r}" in message
-    assert "rope_type 'rope_id'" in message and "stock LlamaConfig" in message
-    assert "Unknown rope_parameters key" not in message
+    if how == "rope_parameters":
+        config = RopeIDConfig(**values, rope_parameters=rope)
+    elif how == "rope_scaling":  # legacy key, as in older config.json files
+        config = RopeIDConfig(**values, rope_theta=1e4, rope_scaling={"type": rope_type, **LLAMA_ROPE_TYPES[rope_type]})
+    else:
+        config = RopeIDConfig.from_dict({**values, "model_type": "llama_rope_id", "rope_parameters": rope})
+    assert config.rope_parameters["rope_type"] == rope_type and "training_length" not in config.rope_parameters
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(**values, rope_parameters=rope)).eval()
+    ours = LlamaRopeIDForCausalLM(config).eval()
+    ours.load_state_dict(llama.state_dict())
+    ids = torch.randint(0, 256, (1, 150))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, llama(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_one_rope_id_validator_for_stock_and_rope_id_configs():

@@ -208,3 +208,18 @@ def test_static_cache_generation_equals_dynamic_cache_generation():
         static = m.generate(input_ids=ids, max_new_tokens=20, do_sample=False, pad_token_id=258,
                             cache_implementation="static")
     assert torch.equal(dynamic, static)
+
+
+def test_a_kernel_is_used_only_after_it_agrees_with_the_math_kernel():
+    from hf_ropeid.rotary_window import _agrees
+
+    assert _agrees(FusedKernel, "cpu", torch.float32)
+
+    class Broken(FusedKernel):
+        @staticmethod
+        def forward(q, k, v, causal, scale):
+            out, lse = FusedKernel.forward(q, k, v, causal, scale)
+            return out * 1.1, lse
+
+    with pytest.warns(UserWarning, match="failed its check"):
+        assert not _agrees(Broken, "cpu", torch.float32)
