@@ -47,7 +47,7 @@ def test_saved_files_are_flat_and_import_nothing_of_the_package(saved_rope_id):
         tree = ast.parse((saved_rope_id / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 0:
-                assert node.module.split(".")[0] in {"torch", "transformers", "packaging", "__future__", "collections", "typing", "math", "dataclasses"}, (name, node.module)
+                assert node.module.split(".")[0] in {"torch", "transformers", "packaging", "__future__", "collections", "contextlib", "typing", "math", "dataclasses", "warnings"}, (name, node.module)
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     assert alias.name.split(".")[0] != "hf_ropeid", name
