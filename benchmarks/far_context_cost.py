@@ -44,12 +44,12 @@ def build(arm: str, training_length: int, device: str):
     torch.manual_seed(0)
     llama = LlamaConfig(**GEOMETRY, max_position_embeddings=training_length,
                         rope_parameters={"rope_type": "default", "rope_theta": 100_000.0})
-    if arm == "stock":
-        model = LlamaForCausalLM(llama)
-    else:
+    model = LlamaForCausalLM(llama)
+    if arm != "stock":  # the stock model's weights (RoPE-ID's classes draw their random init in another order)
         params = apply_recipe({"training_length": training_length}, arm)
         config = RopeIDConfig.from_llama_config(llama, **{k: v for k, v in params.items() if v is not None})
-        model = LlamaRopeIDForCausalLM(config)
+        stock, model = model, LlamaRopeIDForCausalLM(config)
+        model.load_state_dict(stock.state_dict())
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = model.to(device=device, dtype=dtype)
     model.set_attn_implementation("sdpa")

@@ -381,11 +381,17 @@ def far_field_bias(
     inside ``L`` it had ``M = L - 1 - W``. Each far key gets ``-ln(max(m, M) / M)``, so that ``m`` far
     keys weigh together what ``M`` weighed in training. Positions are 0-based.
     """
+    bias = far_field_query_bias(query_positions, training_length, rotary_window)[:, None]
+    far = (query_positions[:, None] - key_positions[None, :] >= rotary_window) & (key_positions[None, :] > 0)
+    return bias * far
+
+
+def far_field_query_bias(query_positions: torch.Tensor, training_length: int, rotary_window: int) -> torch.Tensor:
+    """The far-field bias of each query (any shape of 0-based positions), float32: ``-ln(max(m, M) / M)``, the same
+    for all its far keys but the first."""
     limit = training_length - 1 - rotary_window
     count = (query_positions.to(torch.float64) - rotary_window).clamp(min=limit)
-    bias = -torch.log(count / limit)[:, None]
-    far = (query_positions[:, None] - key_positions[None, :] >= rotary_window) & (key_positions[None, :] > 0)
-    return (bias * far).to(torch.float32)
+    return (-torch.log(count / limit)).to(torch.float32)
 
 
 def scale_queries(query: torch.Tensor, position_ids: torch.Tensor, p: RopeIDParameters) -> torch.Tensor:

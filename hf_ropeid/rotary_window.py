@@ -28,7 +28,7 @@ from torch import nn
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from .rope_id import RopeIDParameters, far_field_bias
+from .rope_id import RopeIDParameters, far_field_bias, far_field_query_bias
 
 WINDOW_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -78,13 +78,16 @@ class RotaryWindowAttentionInterface(AttentionInterface):
 # how many far keys a query has. Both backends below take the row starts from here.
 
 
+def _visible(mask: torch.Tensor) -> torch.Tensor:
+    """True where a boolean or additive mask lets a key through."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
 def row_starts(attention_mask: torch.Tensor | None, batch: int, key_stop: int) -> list[int]:
     """Cache index of each row's first real key: the first key its last query may attend to (0 without a mask)."""
     if attention_mask is None:
         return [0] * batch
-    last = attention_mask[:, 0, -1, :key_stop]
-    visible = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
-    visible = visible.expand(batch, -1) if visible.shape[0] != batch else visible
+    visible = _visible(attention_mask[:, 0, -1, :key_stop]).expand(batch, -1)
     first = torch.where(visible.any(-1), visible.int().argmax(-1), torch.zeros((), dtype=torch.long))
     return [int(x) for x in first.tolist()]
 
@@ -95,9 +98,7 @@ def mask_is_causal_after(attention_mask: torch.Tensor | None, starts: list[int],
     computes without reading the mask. A mask with holes (a fully masked query row, packed documents) is not."""
     if attention_mask is None:
         return True
-    mask = attention_mask[..., :key_stop]
-    visible = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    counts = visible.sum(-1)[:, 0]  # [batch or 1, q]: keys each query may attend to
+    counts = _visible(attention_mask[..., :key_stop]).sum(-1)[:, 0]  # [batch or 1, q]: keys each query may attend to
     positions = torch.arange(query_start, query_start + q_len, device=counts.device)
     start = torch.tensor(starts, device=counts.device)[:, None]
     expected = (positions[None, :] - start + 1).clamp(min=0)
@@ -150,16 +151,9 @@ def _eager_attention(module, query, key, value, attention_mask, query_start, dro
 
 
 def far_field_bias_per_row(query_positions: torch.Tensor, key_positions: torch.Tensor, p: RopeIDParameters):
-    """far_field_bias for rows of positions: ``[b, q]`` and ``[b, k]`` -> ``[b, q, k]``."""
+    """far_field_bias for rows of positions: ``[b, q]`` and ``[b, k]`` -> ``[b, q, k]`` (0 for padding keys)."""
     return torch.stack([far_field_bias(qp, kp.clamp(min=0), p.training_length, p.rotary_window) * (kp >= 0)
                         for qp, kp in zip(query_positions, key_positions)])
-
-
-def far_field_query_bias(query_positions: torch.Tensor, p: RopeIDParameters) -> torch.Tensor:
-    """The far-field bias of each query (the same for all its far keys but the sink), float32."""
-    limit = p.training_length - 1 - p.rotary_window
-    count = (query_positions.to(torch.float64) - p.rotary_window).clamp(min=limit)
-    return (-torch.log(count / limit)).to(torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,12 +367,12 @@ class TwoPassAttention(torch.autograd.Function):
         grad_k, grad_far_k = (torch.zeros(key.shape, dtype=acc, device=key.device) for _ in range(2))
         grad_v = torch.zeros(value.shape, dtype=acc, device=value.device)
         grad_out = grad_out.to(query.dtype)
-        lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+        lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32  # what the kernels take
+        lse = lse.to(lse_dtype)
+        biased_lse = lse - query_bias[:, None].to(lse_dtype) if any(part.biased for part in ctx.parts) else None
         for part in ctx.parts:
             keys = far_key if part.far else key
-            part_lse = lse.to(lse_dtype)
-            if part.biased:
-                part_lse = part_lse - query_bias[:, None].to(lse_dtype)
+            part_lse = biased_lse if part.biased else lse
             dq, dk, dv = ctx.kernel.backward(
                 part.q.take(grad_out), part.q.take(query), part.k.take(keys), part.k.take(value),
                 part.q.take(out), part.q.take(part_lse).contiguous(), part.causal, ctx.scale)
@@ -473,7 +467,8 @@ def _two_pass_rows(module, query, key, value, query_start, kernel):
     unrotated[:n] = unrotated[half:half + n] = 0
     far_key = key * unrotated  # far keys are scored by the unrotated pairs only
     positions = torch.arange(query_start, query_start + query.shape[2], device=query.device)
-    query_bias = far_field_query_bias(positions, p)[None].expand(query.shape[0], -1).contiguous()
+    query_bias = far_field_query_bias(positions, p.training_length, p.rotary_window)
+    query_bias = query_bias[None].expand(query.shape[0], -1).contiguous()
     out = TwoPassAttention.apply(query, key, value, far_key, query_bias, parts, module.scaling, kernel)
     return out.transpose(1, 2)
 

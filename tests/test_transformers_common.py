@@ -40,6 +40,10 @@ def transformers_tests_root() -> Path:
     package = root / "transformers_tests"
     if (package / "test_modeling_common.py").exists():
         return root
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=base))  # filled beside, then renamed: never a half-written cache
+    target = staging / "transformers_tests"
+    target.mkdir()
     with tempfile.TemporaryDirectory() as download:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
@@ -47,9 +51,6 @@ def transformers_tests_root() -> Path:
             check=True, timeout=600,
         )
         (sdist,) = Path(download).glob("transformers-*.tar.gz")
-        staging = Path(tempfile.mkdtemp(dir=base.mkdir(parents=True, exist_ok=True) or base))
-        target = staging / "transformers_tests"
-        target.mkdir()
         with tarfile.open(sdist) as archive:
             for member in archive.getmembers():
                 parts = Path(member.name).parts
@@ -62,7 +63,8 @@ def transformers_tests_root() -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         (path.parent / "__init__.py").touch()
         path.write_text(text)
-    staging.rename(root) if not root.exists() else None
+    if not root.exists():  # another run may have finished first; its copy is the same
+        staging.rename(root)
     return root
 
 
