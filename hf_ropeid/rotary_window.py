@@ -6,7 +6,8 @@ do not see them at all (a sliding window; see ``RopeIDParameters`` in ``rope_id.
 its own, in transformers' attention-function format, on a model-local ``AttentionInterface``:
 
 - ``"eager"``: scores built by hand (returns the attention weights);
-- ``"sdpa"``: one fused ``scaled_dot_product_attention`` call over every key twice.
+- ``"sdpa"``: the two-pass kernel (``TwoPassAttention``): ordinary fused attentions over disjoint key sets
+  merged by log-sum-exp, at the cost of plain causal attention.
 
 Every other implementation (flash_attention_*, flex_attention, paged, a serving engine's backend such
 as vLLM's) would ignore the window, so it is refused with one clear error instead of silently
@@ -28,7 +29,7 @@ from torch import nn
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from .rope_id import RopeIDParameters, far_field_bias, far_field_query_bias
+from .rope_id import ROPE_TYPE, RopeIDParameters, far_field_bias, far_field_query_bias
 
 WINDOW_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -49,7 +50,7 @@ def check_window_implementation(rope_parameters: dict[str, Any] | None, attn_imp
     ``None`` is accepted (transformers then picks sdpa, or eager where sdpa is unavailable).
     """
     rope_parameters = rope_parameters or {}
-    if rope_parameters.get("rope_type") != "rope_id" or rope_parameters.get("rotary_window") is None:
+    if rope_parameters.get("rope_type") != ROPE_TYPE or rope_parameters.get("rotary_window") is None:
         return
     if attn_implementation is not None and attn_implementation not in WINDOW_IMPLEMENTATIONS:
         raise window_implementation_error(attn_implementation)
@@ -297,7 +298,7 @@ class MathKernel:
 
     @staticmethod
     def _scores(q, k, causal, scale):
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        k = repeat_kv(k, q.shape[1] // k.shape[1])
         acc = torch.promote_types(q.dtype, torch.float32)
         scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
         if causal:
@@ -310,7 +311,7 @@ class MathKernel:
         scores = MathKernel._scores(q, k, causal, scale)
         lse = scores.logsumexp(-1)
         weights = (scores - lse[..., None]).exp()
-        out = weights @ v.repeat_interleave(q.shape[1] // v.shape[1], 1).to(weights.dtype)
+        out = weights @ repeat_kv(v, q.shape[1] // v.shape[1]).to(weights.dtype)
         return out.to(q.dtype), lse
 
     @staticmethod
@@ -320,10 +321,10 @@ class MathKernel:
         acc = weights.dtype
         g = grad_out.to(acc)
         grad_v = weights.transpose(-1, -2) @ g
-        grad_p = g @ v.repeat_interleave(groups, 1).to(acc).transpose(-1, -2)
+        grad_p = g @ repeat_kv(v, groups).to(acc).transpose(-1, -2)
         delta = (g * out.to(acc)).sum(-1, keepdim=True)
         grad_s = weights * (grad_p - delta) * scale
-        grad_q = grad_s @ k.repeat_interleave(groups, 1).to(acc)
+        grad_q = grad_s @ repeat_kv(k, groups).to(acc)
         grad_k = grad_s.transpose(-1, -2) @ q.to(acc)
 
         def fold(x):  # sum the query heads that share a key/value head
@@ -393,7 +394,7 @@ class CudaFlashKernel:
 
     @staticmethod
     def _expand(q, x):
-        return x.repeat_interleave(q.shape[1] // x.shape[1], 1) if x.shape[1] != q.shape[1] else x
+        return repeat_kv(x, q.shape[1] // x.shape[1])
 
     @staticmethod
     def forward(q, k, v, causal, scale):
